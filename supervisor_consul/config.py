@@ -1,0 +1,423 @@
+"""The `[consul:PROGRAM]` sections of supervisord's configuration.
+
+The file is read by supervisor's own parser (`supervisor.options`), so
+`[include]`, `%(here)s`, `%(ENV_X)s`, `%(program_name)s`, `%(process_num)d`
+and friends expand exactly as supervisord expands them, once per process.
+Every problem a user can cause becomes a `Problem` naming file, section, key
+and value; a program with a problem is left out, every other one is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getopt
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import supervisor.options as supervisor_options
+from supervisor.options import ServerOptions, expand
+
+from . import durations
+
+SECTION_PREFIX = "consul:"
+META_PREFIX = "meta."
+KEYS = ("name", "port", "address", "tags", "check", "interval", "timeout", "ttl",
+        "deregister_after", "on_fatal")
+DEFAULTS = {
+    "check": "ttl",
+    "interval": "10s",
+    "timeout": "5s",
+    "ttl": "15s",
+    "deregister_after": "5m",
+    "on_fatal": "deregister",
+}
+ON_FATAL = ("deregister", "critical")
+# Meta keys we set ourselves; a user's meta may not shadow them.
+RESERVED_META = ("external-source", "supervisor-consul-owner", "supervisor-consul-spec",
+                 "supervisord-group", "supervisord-process")
+MAX_META_PAIRS = 64  # Consul's limit, our own keys included
+DNS_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong in the configuration, as one line a user can act on."""
+
+    file: str
+    section: str
+    key: str | None
+    value: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: [{self.section}]" if self.section else f"{self.file}:"
+        if self.key is None:
+            return f"{where} {self.message}"
+        return f"{where} {self.key} = {self.value!r}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ConsulCheck:
+    """A check Consul runs itself (HTTP or TCP), beside the process-state TTL check."""
+
+    kind: str  # "http" or "tcp"
+    target: str  # the URL, or HOST:PORT
+    interval: str
+    timeout: str
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What one supervisord process should look like in Consul."""
+
+    namespec: str
+    group: str
+    process: str
+    name: str
+    port: int = 0
+    address: str = ""
+    tags: tuple[str, ...] = ()
+    meta: tuple[tuple[str, str], ...] = ()
+    ttl_check: bool = True  # False with `check = none`
+    check: ConsulCheck | None = None
+    ttl: str = DEFAULTS["ttl"]
+    deregister_after: str | None = DEFAULTS["deregister_after"]
+    on_fatal: str = DEFAULTS["on_fatal"]
+    exitcodes: tuple[int, ...] = (0,)
+
+    @property
+    def ttl_seconds(self) -> float:
+        return durations.seconds(self.ttl)
+
+    @property
+    def deregister_after_seconds(self) -> float | None:
+        return None if self.deregister_after is None else durations.seconds(self.deregister_after)
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One reading of supervisord's configuration."""
+
+    configfile: str
+    identifier: str = "supervisor"
+    services: dict[str, ServiceSpec] = field(default_factory=dict)
+    problems: tuple[Problem, ...] = ()
+    readable: bool = True  # False when supervisor itself could not read the file
+    files: tuple[str, ...] = ()  # every file read, for change detection
+    server_configs: tuple[dict[str, Any], ...] = ()
+
+
+class ConfigNotFound(Exception):
+    pass
+
+
+def read(configfile: str) -> Configuration:
+    """Read supervisord's configuration and every `[consul:…]` section in it."""
+    configfile = os.path.abspath(configfile)
+    options = _Reader()
+    options.configfile = configfile
+    try:
+        with _case_preserving_meta_keys():
+            options.process_config(do_usage=False)
+    except ValueError as exc:
+        return Configuration(configfile, readable=False,
+                             problems=(Problem(configfile, "", None, None,
+                                               f"supervisord cannot read this configuration: {exc}"),))
+    finally:
+        options.close_poller()
+    parser = options.parser
+    assert parser is not None
+    services: dict[str, ServiceSpec] = {}
+    problems: list[Problem] = []
+    for section in parser.sections():
+        if section.startswith(SECTION_PREFIX):
+            specs, section_problems = _read_section(options, parser, section)
+            problems.extend(p for p in section_problems if p not in problems)
+            if not section_problems:
+                services.update((spec.namespec, spec) for spec in specs)
+    files = (configfile, *sorted(set(parser.section_to_file.values()) - {configfile}))
+    return Configuration(
+        configfile=configfile,
+        identifier=options.configroot.supervisord.identifier,
+        services=services,
+        problems=tuple(problems),
+        files=files,
+        server_configs=tuple(options.configroot.supervisord.server_configs),
+    )
+
+
+def locate(explicit: str | None = None, parent_pid: int | None = None) -> str:
+    """The configuration file supervisord runs with.
+
+    An explicit path wins; else the `-c` on our parent supervisord's command
+    line; else supervisor's own search path.
+    """
+    if explicit:
+        return os.path.abspath(explicit)
+    found = configfile_of_process(os.getppid() if parent_pid is None else parent_pid)
+    if found:
+        return found
+    for path in ServerOptions().searchpaths:
+        if os.path.exists(path):
+            return os.path.abspath(path)
+    raise ConfigNotFound(
+        "cannot find supervisord's configuration: pass -c PATH (e.g. -c /etc/supervisor/supervisord.conf)")
+
+
+def configfile_of_process(pid: int) -> str | None:
+    """The `-c` argument of a running supervisord, read from /proc."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+    for index, arg in enumerate(argv):
+        if os.path.basename(arg) == "supervisord" or arg == "supervisor.supervisord":
+            break
+    else:
+        return None
+    options = ServerOptions()
+    try:
+        parsed, _ = getopt.getopt(argv[index + 1:], options.short_options, options.long_options)
+    except getopt.GetoptError:
+        return None
+    for flag, value in parsed:
+        if flag in ("-c", "--configuration"):
+            path = os.path.join(cwd, value)
+            return path if os.path.exists(path) else None
+    return None
+
+
+class _Reader(ServerOptions):
+    """supervisor's ServerOptions, kept from failing on what the listener does not need."""
+
+    parser: Any = None
+
+    def process_groups_from_parser(self, parser):  # type: ignore[override]
+        self.parser = parser  # the merged parser is otherwise a local of read_config
+        return super().process_groups_from_parser(parser)
+
+    def get_plugins(self, parser, factory_key, section_prefix):  # type: ignore[override]
+        # rpcinterface plugins need not be installed in the listener's venv.
+        return []
+
+    def import_spec(self, spec):  # type: ignore[override]
+        # Same for an eventlistener's result_handler module.
+        try:
+            return super().import_spec(spec)
+        except (ImportError, AttributeError):
+            return None
+
+    def close_poller(self) -> None:
+        with contextlib.suppress(Exception):
+            self.poller.close()
+
+
+class _MetaCaseParser(supervisor_options.UnhosedConfigParser):
+    """Keeps the case of `meta.KEY` keys: Consul meta keys are case-sensitive.
+
+    Every other key is lower-cased as supervisord does, so supervisord's own
+    lookups behave exactly as in supervisord.
+    """
+
+    def optionxform(self, optionstr: str) -> str:
+        if optionstr[:len(META_PREFIX)].lower() == META_PREFIX:
+            return META_PREFIX + optionstr[len(META_PREFIX):]
+        return optionstr.lower()
+
+
+@contextlib.contextmanager
+def _case_preserving_meta_keys() -> Iterator[None]:
+    original = supervisor_options.UnhosedConfigParser
+    supervisor_options.UnhosedConfigParser = _MetaCaseParser  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        supervisor_options.UnhosedConfigParser = original  # type: ignore[misc]
+
+
+def _read_section(options: _Reader, parser: Any, section: str) -> tuple[list[ServiceSpec], list[Problem]]:
+    program = section[len(SECTION_PREFIX):].strip()
+    filename = parser.section_to_file.get(section, options.configfile)
+
+    def problem(key: str | None, value: str | None, message: str) -> Problem:
+        return Problem(filename, section, key, value, message)
+
+    program_section = next((s for s in (f"program:{program}", f"fcgi-program:{program}")
+                            if parser.has_section(s)), None)
+    if program_section is None:
+        return [], [problem(None, None, f"there is no [program:{program}] for this section; "
+                                        f"name the section after a program")]
+    problems = [problem(key, parser.get(section, key), "unknown key; known keys: "
+                        + ", ".join(KEYS) + ", meta.KEY")
+                for key in parser.options(section)
+                if key not in KEYS and not key.startswith(META_PREFIX)]
+    specs = []
+    for group, process, expansions, exitcodes in _processes(options, parser, program, program_section):
+        spec = _spec(parser, section, group, process, expansions, exitcodes, problem, problems)
+        if spec is not None:
+            specs.append(spec)
+    return specs, problems
+
+
+def _processes(options: _Reader, parser: Any, program: str, program_section: str):
+    """(group, process name, expansions, exitcodes) of every process of a program,
+    with the expansions supervisord used for that process."""
+    group = program
+    for section in parser.sections():
+        if section.startswith("group:"):
+            members = [p.strip() for p in parser.get(section, "programs", fallback="").split(",")]
+            if program in members:
+                group = section.split(":", 1)[1]
+    configs = {(g.name, p.name): p for g in options.process_group_configs for p in g.process_configs}
+    common = {"here": options.here, "program_name": program, "group_name": group,
+              "host_node_name": supervisor_options.platform.node()}
+    numprocs = int(parser.saneget(program_section, "numprocs", "1", expansions=common))
+    start = int(parser.saneget(program_section, "numprocs_start", "0", expansions=common))
+    template = parser.saneget(program_section, "process_name", "%(program_name)s", do_expand=False)
+    for process_num in range(start, start + numprocs):
+        expansions = {**common, "process_num": process_num, "numprocs": numprocs,
+                      **options.environ_expansions}
+        name = expand(template, expansions, "process_name").strip()
+        pconfig = configs.get((group, name))
+        if pconfig is None:
+            continue
+        expansions.update({f"ENV_{k}": v for k, v in pconfig.environment.items()})
+        yield group, name, expansions, tuple(pconfig.exitcodes)
+
+
+def _spec(parser: Any, section: str, group: str, process: str, expansions: dict[str, Any],
+          exitcodes: tuple[int, ...], problem: Any, problems: list[Problem]) -> ServiceSpec | None:
+    """One process's ServiceSpec; problems are appended to `problems`."""
+    count = len(problems)
+
+    def get(key: str, default: str | None = None, extra: dict[str, Any] | None = None) -> str | None:
+        if not parser.has_option(section, key):
+            return default
+        raw = parser.get(section, key)
+        try:
+            return parser.saneget(section, key, expansions={**expansions, **(extra or {})}).strip()
+        except ValueError as exc:
+            problems.append(problem(key, raw, f"cannot expand: {exc}"))
+            return None
+
+    def given(key: str) -> bool:
+        return parser.has_option(section, key)
+
+    # The service is named after the program, not after one of its processes.
+    name = get("name") if given("name") else str(expansions["program_name"])
+    if name is not None and not DNS_NAME.match(name):
+        hint = re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-") or "my-service"
+        problems.append(problem("name" if given("name") else None, name,
+                                f"service name {name!r} cannot be found through Consul DNS "
+                                f"(letters, digits and inner dashes, at most 63); set name = {hint}"))
+
+    port = 0
+    port_text = get("port")
+    if port_text:
+        if port_text.isdigit() and 0 < int(port_text) < 65536:
+            port = int(port_text)
+        else:
+            problems.append(problem("port", port_text, "port must be a number from 1 to 65535"))
+
+    address = get("address", "") or ""
+    if any(c.isspace() for c in address):
+        problems.append(problem("address", address, "address must be a host name or IP address"))
+
+    tags = tuple(t.strip() for t in (get("tags", "") or "").split(",") if t.strip())
+
+    meta = []
+    for key in parser.options(section):
+        if not key.startswith(META_PREFIX):
+            continue
+        meta_key, value = key[len(META_PREFIX):], get(key, "") or ""
+        if not META_KEY.match(meta_key):
+            problems.append(problem(key, value, "meta keys are 1-128 letters, digits, '-' or '_'"))
+        elif meta_key in RESERVED_META or meta_key.lower().startswith("consul-"):
+            problems.append(problem(key, value, f"meta key {meta_key!r} is reserved; choose another name"))
+        elif len(value) > 512:
+            problems.append(problem(key, value[:40] + "…", "meta values are at most 512 characters"))
+        else:
+            meta.append((meta_key, value))
+    if len(meta) + len(RESERVED_META) > MAX_META_PAIRS:
+        problems.append(problem(None, None, f"at most {MAX_META_PAIRS - len(RESERVED_META)} meta.KEY entries"))
+
+    check_text = get("check", DEFAULTS["check"], {"port": port}) or DEFAULTS["check"]
+    ttl_check = check_text != "none"
+    check = None
+    if check_text not in ("ttl", "none"):
+        check = _consul_check(check_text, get, problem, problems)
+    elif given("check") and (check_text != check_text.lower()):
+        problems.append(problem("check", check_text, "use lower case: ttl or none"))
+    for key in ("interval", "timeout"):
+        if given(key) and check is None and not _has_problem(problems, count, "check"):
+            problems.append(problem(key, get(key), f"{key} applies to an http or tcp check; "
+                                                   f"this section has check = {check_text}"))
+    if not ttl_check:
+        for key in ("ttl", "deregister_after", "on_fatal"):
+            if given(key):
+                problems.append(problem(key, get(key), f"{key} needs the process-state check; "
+                                                       f"remove it or the line check = none"))
+
+    ttl = _duration(get, "ttl", problem, problems, positive=True)
+    deregister_after = get("deregister_after", DEFAULTS["deregister_after"])
+    if deregister_after is not None and deregister_after.lower() == "off":
+        deregister_after = None
+    elif deregister_after is not None:
+        deregister_after = _duration(get, "deregister_after", problem, problems, positive=True)
+
+    on_fatal = get("on_fatal", DEFAULTS["on_fatal"])
+    if on_fatal not in ON_FATAL:
+        problems.append(problem("on_fatal", on_fatal, "on_fatal must be deregister or critical"))
+
+    if len(problems) > count or name is None or ttl is None:
+        return None
+    return ServiceSpec(
+        namespec=supervisor_options.make_namespec(group, process),
+        group=group, process=process, name=name, port=port, address=address, tags=tags,
+        meta=tuple(meta), ttl_check=ttl_check, check=check, ttl=ttl,
+        deregister_after=deregister_after, on_fatal=on_fatal or DEFAULTS["on_fatal"],
+        exitcodes=exitcodes,
+    )
+
+
+def _consul_check(text: str, get: Any, problem: Any, problems: list[Problem]) -> ConsulCheck | None:
+    interval = _duration(get, "interval", problem, problems, positive=True)
+    timeout = _duration(get, "timeout", problem, problems, positive=True)
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme in ("http", "https") and rest and not rest.startswith("/"):
+        kind, target = "http", text
+    elif sep and scheme == "tcp" and HOST_PORT.match(rest) and 0 < int(HOST_PORT.match(rest)["port"]) < 65536:
+        kind, target = "tcp", rest
+    else:
+        problems.append(problem("check", text, "check must be ttl, none, http://HOST[:PORT]/PATH, "
+                                               "https://HOST[:PORT]/PATH or tcp://HOST:PORT"))
+        return None
+    if interval is None or timeout is None:
+        return None
+    return ConsulCheck(kind, target, interval, timeout)
+
+
+def _duration(get: Any, key: str, problem: Any, problems: list[Problem], positive: bool) -> str | None:
+    text = get(key, DEFAULTS[key])
+    if text is None:
+        return None
+    try:
+        value = durations.normalize(text)
+    except ValueError:
+        problems.append(problem(key, text, "a duration such as 15s, 500ms, 5m or 1h30m"))
+        return None
+    if positive and durations.seconds(value) <= 0:
+        problems.append(problem(key, text, "must be more than zero"))
+        return None
+    return value
+
+
+def _has_problem(problems: list[Problem], since: int, key: str) -> bool:
+    return any(p.key == key for p in problems[since:])

@@ -1,0 +1,129 @@
+"""How a supervisord process state shows in Consul: the state-mapping table.
+
+| supervisord | Consul                                                    |
+|-------------|-----------------------------------------------------------|
+| STARTING    | nothing changes (after a crash it stays critical)         |
+| RUNNING     | registered, passing, note `RUNNING pid N`                 |
+| BACKOFF     | critical                                                  |
+| STOPPING    | critical, so DNS stops handing it out while it shuts down |
+| STOPPED     | deregistered                                              |
+| EXITED      | critical, note says expected or not and the exit status   |
+| FATAL       | deregistered (`on_fatal = critical`: critical)            |
+| UNKNOWN     | critical                                                  |
+
+An instance critical for longer than `deregister_after` is deregistered, as
+Consul itself would, so the listener does not register it again.  With
+`check = none` there is no health to carry, so only RUNNING is registered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from .config import ServiceSpec
+from .events import ProcessStateChange
+
+PASSING: Final = "passing"
+CRITICAL: Final = "critical"
+# supervisord's states whose `since` is the moment the process last died.
+_DIED_STATES = ("EXITED", "BACKOFF", "FATAL")
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    """What the listener knows of one supervisord process.
+
+    `state` is the last state that decides its health: STARTING never
+    replaces an earlier one, so a crashed process stays critical while
+    supervisord restarts it.
+    """
+
+    state: str
+    pid: int = 0
+    expected: bool | None = None  # EXITED: was the exit status in exitcodes?
+    exitstatus: int | None = None  # EXITED
+    since: float = 0.0  # wall-clock time it entered `state`
+
+
+@dataclass(frozen=True)
+class Health:
+    status: str
+    note: str
+
+
+class _Keep:
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Final = _Keep()  # leave whatever Consul has
+Wanted = Health | None | _Keep  # None: not registered
+
+
+def fold(previous: ProcessStatus | None, change: ProcessStateChange, now: float) -> ProcessStatus:
+    """The status after an event."""
+    if change.state == "STARTING":
+        return previous or ProcessStatus("STARTING", since=now)
+    return ProcessStatus(change.state, pid=change.pid, expected=change.expected, since=now)
+
+
+def from_info(previous: ProcessStatus | None, info: dict[str, Any], spec: ServiceSpec | None) -> ProcessStatus:
+    """The status after reading supervisord's getProcessInfo for the process.
+
+    What the events already told is kept when it agrees, so a reconcile
+    does not rewrite notes or restart `deregister_after`'s clock.
+    """
+    state = info.get("statename", "UNKNOWN")
+    if state == "STARTING":
+        return previous or ProcessStatus("STARTING", since=info.get("now", 0))
+    if previous is not None and previous.state == state and (state != "RUNNING" or previous.pid == info.get("pid")):
+        if state == "EXITED" and previous.exitstatus is None:
+            return with_exitstatus(previous, info, spec)
+        return previous
+    since = info.get("stop") if state in _DIED_STATES and info.get("stop") else info.get("now", 0)
+    status = ProcessStatus(state, pid=info.get("pid", 0), since=float(since or 0))
+    return with_exitstatus(status, info, spec) if state == "EXITED" else status
+
+
+def with_exitstatus(status: ProcessStatus, info: dict[str, Any], spec: ServiceSpec | None) -> ProcessStatus:
+    exitstatus = info.get("exitstatus")
+    expected = status.expected
+    if expected is None and spec is not None and exitstatus is not None:
+        expected = exitstatus in spec.exitcodes
+    return replace(status, exitstatus=exitstatus, expected=expected)
+
+
+def wanted(status: ProcessStatus, spec: ServiceSpec, now: float) -> Wanted:
+    """What Consul should show for a process."""
+    health = _health(status, spec)
+    if isinstance(health, Health) and health.status == CRITICAL:
+        if not spec.ttl_check:
+            return None
+        limit = spec.deregister_after_seconds
+        if limit is not None and status.since and now - status.since >= limit:
+            return None
+    return health
+
+
+def _health(status: ProcessStatus, spec: ServiceSpec) -> Wanted:
+    state = status.state
+    if state == "RUNNING":
+        return Health(PASSING, f"RUNNING pid {status.pid}")
+    if state == "STARTING":
+        return KEEP
+    if state == "STOPPED":
+        return None
+    if state == "FATAL":
+        if spec.on_fatal == "critical":
+            return Health(CRITICAL, "FATAL: supervisord gave up starting it")
+        return None
+    if state == "STOPPING":
+        return Health(CRITICAL, f"STOPPING pid {status.pid}")
+    if state == "BACKOFF":
+        return Health(CRITICAL, "BACKOFF: exited too quickly, supervisord is retrying")
+    if state == "EXITED":
+        how = "expectedly" if status.expected else "unexpectedly"
+        code = f" with exit status {status.exitstatus}" if status.exitstatus is not None else ""
+        return Health(CRITICAL, f"EXITED {how}{code}")
+    return Health(CRITICAL, f"{state}: supervisord lost track of it")

@@ -1,0 +1,178 @@
+"""From desired and actual state to the few Consul operations that close the gap.
+
+Pure: the sync loop reads supervisord and the agent, this module decides, the
+agent adapter applies.  Nothing is sent that would change nothing, except the
+TTL heartbeat, which is what keeps a passing check passing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __name__ as _package
+from .config import ServiceSpec
+from .health import KEEP, Health, Wanted
+
+ID_PREFIX = "supervisord"
+OWNER_META = "supervisor-consul-owner"
+SPEC_META = "supervisor-consul-spec"
+HEARTBEATS_PER_TTL = 3  # a heartbeat every ttl/3: two can be lost before the check expires
+
+
+def owner_id(host: str, configfile: str, identifier: str) -> str:
+    """This supervisord's identity: stable across restarts, distinct per config on a host."""
+    digest = hashlib.sha256(f"{host}\0{configfile}\0{identifier}".encode()).hexdigest()
+    return digest[:12]
+
+
+def service_id(owner: str, namespec: str) -> str:
+    return f"{ID_PREFIX}:{owner}:{namespec}"
+
+
+def is_owned(service: dict[str, Any], owner: str) -> bool:
+    """Ours only if both the ID and the meta say so: never touch anyone else's."""
+    return (str(service.get("ID", "")).startswith(f"{ID_PREFIX}:{owner}:")
+            and (service.get("Meta") or {}).get(OWNER_META) == owner)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One instance as registered in Consul, without its health."""
+
+    service_id: str
+    name: str
+    port: int
+    address: str
+    tags: tuple[str, ...]
+    meta: tuple[tuple[str, str], ...]  # with our own keys, SPEC_META excluded
+    checks: tuple[tuple[tuple[str, Any], ...], ...]  # Consul check definitions, Status excluded
+    ttl_check_id: str | None
+    ttl_seconds: float
+    fingerprint: str = field(default="", compare=False)
+
+    def payload(self, health: Health | None) -> dict[str, Any]:
+        """The body of PUT /v1/agent/service/register."""
+        checks = []
+        for check in self.checks:
+            definition = dict(check)
+            if health is not None and definition["CheckID"] == self.ttl_check_id:
+                definition["Status"] = health.status
+            checks.append(definition)
+        return {
+            "ID": self.service_id, "Name": self.name, "Port": self.port, "Address": self.address,
+            "Tags": list(self.tags), "Meta": {**dict(self.meta), SPEC_META: self.fingerprint},
+            "Checks": checks,
+        }
+
+
+def registration(spec: ServiceSpec, owner: str, host: str) -> Registration:
+    sid = service_id(owner, spec.namespec)
+    meta = (*spec.meta,
+            ("external-source", "supervisord"),
+            (OWNER_META, owner),
+            ("supervisord-group", spec.group),
+            ("supervisord-process", spec.process),
+            ("supervisord-host", host))
+    checks: list[tuple[tuple[str, Any], ...]] = []
+    ttl_check_id = None
+    if spec.ttl_check:
+        ttl_check_id = f"{sid}:process"
+        ttl = {"CheckID": ttl_check_id, "Name": f"supervisord process {spec.namespec}", "TTL": spec.ttl}
+        if spec.deregister_after is not None:
+            ttl["DeregisterCriticalServiceAfter"] = spec.deregister_after
+        checks.append(tuple(ttl.items()))
+    if spec.check is not None:
+        kind = spec.check.kind
+        checks.append((("CheckID", f"{sid}:{kind}"), ("Name", f"{kind} {spec.check.target}"),
+                       ("HTTP" if kind == "http" else "TCP", spec.check.target),
+                       ("Interval", spec.check.interval), ("Timeout", spec.check.timeout)))
+    fields = dict(service_id=sid, name=spec.name, port=spec.port, address=spec.address,
+                  tags=spec.tags, meta=meta, checks=tuple(checks), ttl_check_id=ttl_check_id,
+                  ttl_seconds=spec.ttl_seconds if spec.ttl_check else 0.0)
+    encoded = json.dumps({k: v for k, v in fields.items() if k != "ttl_seconds"}, sort_keys=True)
+    fingerprint = hashlib.sha256(f"{_package}\0{encoded}".encode()).hexdigest()[:16]
+    return Registration(**fields, fingerprint=fingerprint)
+
+
+@dataclass(frozen=True)
+class Desired:
+    registration: Registration
+    wanted: Wanted
+
+
+@dataclass(frozen=True)
+class Actual:
+    """What the agent has for one of our instances."""
+
+    service_id: str
+    fingerprint: str
+    check_ids: frozenset[str]
+    status: str | None = None  # of the TTL check
+    output: str | None = None
+    updated_at: float = 0.0  # monotonic time of our last write to the TTL check; 0: unknown
+
+
+@dataclass(frozen=True)
+class Register:
+    registration: Registration
+    health: Health | None
+
+
+@dataclass(frozen=True)
+class UpdateTTL:
+    service_id: str
+    check_id: str
+    health: Health
+
+
+@dataclass(frozen=True)
+class Deregister:
+    service_id: str
+
+
+Operation = Register | UpdateTTL | Deregister
+
+
+def plan(desired: dict[str, Desired], actual: dict[str, Actual], now: float, complete: bool) -> list[Operation]:
+    """The operations that make `actual` what `desired` says.
+
+    `now` is monotonic time, for heartbeats.  With `complete` false the
+    listener does not know every process supervisord runs, so instances
+    missing from `desired` are left alone rather than removed.
+    """
+    operations: list[Operation] = []
+    for sid, want in desired.items():
+        have = actual.get(sid)
+        if want.wanted is KEEP:
+            if have is not None and have.status is not None and want.registration.ttl_check_id:
+                kept = Health(have.status, have.output or "")
+                operations.extend(_heartbeat(want.registration, have, kept, now))
+            continue
+        if want.wanted is None:
+            if have is not None:
+                operations.append(Deregister(sid))
+            continue
+        assert isinstance(want.wanted, Health)
+        if have is None or not _same_registration(want.registration, have):
+            operations.append(Register(want.registration, want.wanted if want.registration.ttl_check_id else None))
+        elif want.registration.ttl_check_id:
+            operations.extend(_heartbeat(want.registration, have, want.wanted, now))
+    if complete:
+        operations.extend(Deregister(sid) for sid in actual if sid not in desired)
+    return operations
+
+
+def _same_registration(registration: Registration, have: Actual) -> bool:
+    wanted_checks = {dict(check)["CheckID"] for check in registration.checks}
+    return have.fingerprint == registration.fingerprint and wanted_checks <= have.check_ids
+
+
+def _heartbeat(registration: Registration, have: Actual, health: Health, now: float) -> list[Operation]:
+    assert registration.ttl_check_id is not None
+    stale = now - have.updated_at >= registration.ttl_seconds / HEARTBEATS_PER_TTL
+    if stale or (have.status, have.output) != (health.status, health.note):
+        return [UpdateTTL(registration.service_id, registration.ttl_check_id, health)]
+    return []
