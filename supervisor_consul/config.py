@@ -37,7 +37,7 @@ DEFAULTS = {
 ON_FATAL = ("deregister", "critical")
 # Meta keys we set ourselves; a user's meta may not shadow them.
 RESERVED_META = ("external-source", "supervisor-consul-owner", "supervisor-consul-spec",
-                 "supervisord-group", "supervisord-process")
+                 "supervisord-group", "supervisord-process", "supervisord-host")
 MAX_META_PAIRS = 64  # Consul's limit, our own keys included
 DNS_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")

@@ -12,13 +12,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __name__ as _package
 from .config import ServiceSpec
-from .health import KEEP, Health, Wanted
+from .health import CRITICAL, KEEP, Health, Wanted
 
 ID_PREFIX = "supervisord"
 OWNER_META = "supervisor-consul-owner"
 SPEC_META = "supervisor-consul-spec"
+FINGERPRINT_VERSION = "1"  # bump when the meaning of a registration changes
 HEARTBEATS_PER_TTL = 3  # a heartbeat every ttl/3: two can be lost before the check expires
 
 
@@ -53,13 +53,13 @@ class Registration:
     ttl_seconds: float
     fingerprint: str = field(default="", compare=False)
 
-    def payload(self, health: Health | None) -> dict[str, Any]:
-        """The body of PUT /v1/agent/service/register."""
+    def payload(self, initial: str | None) -> dict[str, Any]:
+        """The body of PUT /v1/agent/service/register, the TTL check in status `initial`."""
         checks = []
         for check in self.checks:
             definition = dict(check)
-            if health is not None and definition["CheckID"] == self.ttl_check_id:
-                definition["Status"] = health.status
+            if initial is not None and definition["CheckID"] == self.ttl_check_id:
+                definition["Status"] = initial
             checks.append(definition)
         return {
             "ID": self.service_id, "Name": self.name, "Port": self.port, "Address": self.address,
@@ -93,7 +93,7 @@ def registration(spec: ServiceSpec, owner: str, host: str) -> Registration:
                   tags=spec.tags, meta=meta, checks=tuple(checks), ttl_check_id=ttl_check_id,
                   ttl_seconds=spec.ttl_seconds if spec.ttl_check else 0.0)
     encoded = json.dumps({k: v for k, v in fields.items() if k != "ttl_seconds"}, sort_keys=True)
-    fingerprint = hashlib.sha256(f"{_package}\0{encoded}".encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(f"{FINGERPRINT_VERSION}\0{encoded}".encode()).hexdigest()[:16]
     return Registration(**fields, fingerprint=fingerprint)
 
 
@@ -117,8 +117,22 @@ class Actual:
 
 @dataclass(frozen=True)
 class Register:
+    """Register, then set the TTL check to `health`.
+
+    `initial` is the status the TTL check is registered with.  A new
+    instance starts critical: the agent syncs a note to the catalog (and
+    so to the UI) at once only when the status changes with it, and a new
+    instance is not in DNS yet anyway.  A re-registered one keeps its
+    status, so DNS does not drop it for a moment.
+    """
+
     registration: Registration
     health: Health | None
+    initial: str = CRITICAL
+
+    @property
+    def service_id(self) -> str:
+        return self.registration.service_id
 
 
 @dataclass(frozen=True)
@@ -157,7 +171,9 @@ def plan(desired: dict[str, Desired], actual: dict[str, Actual], now: float, com
             continue
         assert isinstance(want.wanted, Health)
         if have is None or not _same_registration(want.registration, have):
-            operations.append(Register(want.registration, want.wanted if want.registration.ttl_check_id else None))
+            initial = (have.status if have is not None else None) or CRITICAL
+            operations.append(Register(want.registration, want.wanted if want.registration.ttl_check_id else None,
+                                       initial))
         elif want.registration.ttl_check_id:
             operations.extend(_heartbeat(want.registration, have, want.wanted, now))
     if complete:

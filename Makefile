@@ -1,0 +1,28 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Both set up what they need: the venv, the Python packages, consul and nc.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv test demo check clean
+
+$(BIN)/.installed: setup.cfg setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+test: venv
+	scripts/get-consul >/dev/null
+	scripts/get-nc >/dev/null
+	$(BIN)/python -m pytest
+
+demo: venv
+	scripts/demo
+
+check: venv
+	$(BIN)/supervisor-consul check -c etc/supervisord.conf.sample
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache *.egg-info

@@ -1,0 +1,133 @@
+"""`supervisor-consul listen` and `supervisor-consul check`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from . import __version__, config
+from .agent import Agent, SettingError, connection
+from .listener import Listener
+from .protocol import protocol_streams
+from .sync import Inbox, Sync
+
+log = logging.getLogger("supervisor_consul")
+DRAIN_SECONDS = 5.0  # after EOF or SIGTERM, how long pending Consul work may take
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="supervisor-consul",
+                                  description="Keep Consul in step with supervisord: a supervisord event listener.")
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    listen = commands.add_parser(
+        "listen", help="run as supervisord's [eventlistener:consul]",
+        description="The event listener.  Run it from an [eventlistener:consul] section; "
+                    "Consul options fall back to the Consul CLI's environment variables.")
+    _configuration_option(listen)
+    consul = listen.add_argument_group("Consul agent (as the Consul CLI names them)")
+    consul.add_argument("--http-addr", metavar="ADDR",
+                        help="host:port, http://host:port or https://host:port "
+                             "(CONSUL_HTTP_ADDR; default 127.0.0.1:8500; CONSUL_HTTP_SSL=true for https)")
+    consul.add_argument("--token", help="ACL token (CONSUL_HTTP_TOKEN); visible in ps, prefer --token-file")
+    consul.add_argument("--token-file", metavar="PATH", help="file holding the ACL token (CONSUL_HTTP_TOKEN_FILE)")
+    consul.add_argument("--ca-file", metavar="PATH", help="CA certificate to verify the agent (CONSUL_CACERT; "
+                                                          "CONSUL_HTTP_SSL_VERIFY=false turns verification off)")
+    consul.add_argument("--client-cert", metavar="PATH", help="client certificate (CONSUL_CLIENT_CERT)")
+    consul.add_argument("--client-key", metavar="PATH", help="client key (CONSUL_CLIENT_KEY)")
+    listen.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="on stderr, which supervisord files as the listener's log (default info)")
+    listen.set_defaults(run=run_listen)
+
+    check = commands.add_parser("check", help="validate the [consul:*] sections; exit 1 on any problem",
+                                description="Print every problem in the [consul:*] sections and exit 1; "
+                                            "exit 0 when the configuration is valid.")
+    _configuration_option(check)
+    check.set_defaults(run=run_check)
+    return top
+
+
+def _configuration_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("-c", "--configuration", metavar="PATH",
+                         help="supervisord's configuration file (default: the one supervisord was started "
+                              "with, else supervisor's search path)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.run(args)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    try:
+        configfile = config.locate(args.configuration, parent_pid=os.getpid())
+    except config.ConfigNotFound as exc:
+        print(f"supervisor-consul: {exc}", file=sys.stderr)
+        return 2
+    configuration = config.read(configfile)
+    for problem in configuration.problems:
+        print(problem)
+    if configuration.problems or not configuration.readable:
+        print(f"{len(configuration.problems)} problem(s) in {configfile}", file=sys.stderr)
+        return 1
+    services = sorted({spec.name for spec in configuration.services.values()})
+    print(f"{configfile}: OK, {len(configuration.services)} process(es) as "
+          f"{len(services)} service(s): {', '.join(services) or 'none'}")
+    return 0
+
+
+def run_listen(args: argparse.Namespace) -> int:
+    stdin, stdout = protocol_streams()  # first: nothing else may reach stdout
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
+                        format="%(asctime)s supervisor-consul %(levelname)s %(message)s")
+    try:
+        conn = connection(args.http_addr, args.token, args.token_file, args.ca_file, args.client_cert,
+                          args.client_key)
+        configfile = config.locate(args.configuration)
+    except (SettingError, config.ConfigNotFound) as exc:
+        log.critical("%s", exc)
+        return 2
+    log.info("supervisor-consul %s listening; Consul agent %s; configuration %s", __version__,
+             conn.endpoint, configfile)
+    inbox = Inbox()
+    sync = Sync(Agent(conn), configfile, platform.node(), inbox)
+    worker = threading.Thread(target=_run_sync, args=(sync,), name="sync", daemon=True)
+    worker.start()
+    signal.signal(signal.SIGHUP, lambda *_: inbox.request_reconcile())
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        Listener(stdin, stdout, inbox).run()
+    except _Terminated:
+        log.info("SIGTERM; stopping")
+    finally:
+        inbox.close()
+        worker.join(DRAIN_SECONDS)
+    return 0
+
+
+def _run_sync(sync: Sync) -> None:
+    try:
+        sync.run()
+    except Exception:
+        # Without the sync loop the listener is useless: exit so supervisord restarts it.
+        log.exception("the sync loop failed; exiting so supervisord restarts the listener")
+        os._exit(70)
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _terminate(*_: object) -> None:
+    raise _Terminated
+
+
+if __name__ == "__main__":
+    sys.exit(main())

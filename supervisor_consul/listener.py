@@ -1,0 +1,63 @@
+"""The event loop: answers supervisord at once and hands hints to the sync loop.
+
+Nothing here waits on Consul or on supervisord's XML-RPC: each event is
+turned into a hint, posted, and acknowledged with `RESULT 2\\nOK`, so a slow
+or dead agent never stalls supervisord's event pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TextIO
+
+from .events import hint_for
+from .protocol import READY, RESULT_OK, MalformedHeader, read_event, send
+from .sync import Inbox
+
+log = logging.getLogger("supervisor_consul")
+RECENT_SERIALS = 1024
+
+
+class Listener:
+    def __init__(self, stdin: TextIO, stdout: TextIO, inbox: Inbox) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+        self.inbox = inbox
+        self._recent: deque[str] = deque(maxlen=RECENT_SERIALS)
+        self.events = 0
+
+    def run(self) -> None:
+        """Until supervisord closes our stdin."""
+        send(self.stdout, READY)
+        while True:
+            try:
+                event = read_event(self.stdin)
+            except MalformedHeader as exc:
+                # supervisord waits for a result whatever it sent; answer so it goes on.
+                log.warning("%s; skipped", exc)
+                send(self.stdout, RESULT_OK + READY)
+                continue
+            if event is None:
+                log.info("supervisord closed the event stream; stopping")
+                return
+            self.events += 1
+            self._take(event)
+            send(self.stdout, RESULT_OK + READY)
+
+    def _take(self, event) -> None:
+        # supervisord redelivers an event another listener rejected (supervisor-facts.md §1).
+        if event.serial and event.serial in self._recent:
+            log.debug("event %s seen before; skipped", event.serial)
+            return
+        if event.serial:
+            self._recent.append(event.serial)
+        try:
+            hint = hint_for(event)
+        except Exception:  # a hint we cannot read must never cost supervisord its answer
+            log.exception("cannot read event %s %r; skipped", event.name, event.payload[:200])
+            return
+        if hint is not None:
+            self.inbox.post(hint)
+        elif not event.name.startswith("TICK_"):
+            log.debug("event %s carries nothing for us", event.name)

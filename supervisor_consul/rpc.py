@@ -1,0 +1,81 @@
+"""supervisord over XML-RPC: what it runs right now.
+
+supervisord gives its children SUPERVISOR_SERVER_URL but no credentials, so
+they come from SUPERVISOR_USERNAME/SUPERVISOR_PASSWORD (as childutils reads
+them) or else from the server section of the configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import xmlrpc.client
+from collections.abc import Mapping
+from typing import Any
+
+from supervisor import childutils
+
+from .config import Configuration
+
+TIMEOUT = 10.0  # seconds; supervisord answers at once unless it is wedged
+
+
+class SupervisorError(Exception):
+    """supervisord could not be asked; the message is one line for the log."""
+
+
+def rpc_environment(configuration: Configuration, env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """SUPERVISOR_SERVER_URL and credentials for childutils.getRPCInterface."""
+    result = dict(env)
+    server = _server(configuration)
+    if not result.get("SUPERVISOR_SERVER_URL") and server is not None:
+        if server.get("family") == socket.AF_UNIX:
+            result["SUPERVISOR_SERVER_URL"] = f"unix://{server['file']}"
+        else:
+            result["SUPERVISOR_SERVER_URL"] = f"http://{server.get('host') or 'localhost'}:{server['port']}"
+    password = (server or {}).get("password") or ""
+    if "SUPERVISOR_USERNAME" not in result and server and server.get("username") and not password.startswith("{SHA}"):
+        result["SUPERVISOR_USERNAME"] = server["username"]
+        result["SUPERVISOR_PASSWORD"] = password
+    return result
+
+
+def _server(configuration: Configuration) -> dict[str, Any] | None:
+    configs = sorted(configuration.server_configs, key=lambda c: c.get("family") != socket.AF_UNIX)
+    return configs[0] if configs else None
+
+
+class Supervisor:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.url = env.get("SUPERVISOR_SERVER_URL", "")
+        self.has_credentials = bool(env.get("SUPERVISOR_USERNAME"))
+        self._env = dict(env)
+
+    def all_process_info(self) -> list[dict[str, Any]]:
+        return self._call("getAllProcessInfo")
+
+    def process_info(self, namespec: str) -> dict[str, Any]:
+        return self._call("getProcessInfo", namespec)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        if not self.url:
+            raise SupervisorError("supervisord's XML-RPC address is unknown: the configuration has no "
+                                  "[unix_http_server] or [inet_http_server] section; add one")
+        previous = socket.getdefaulttimeout()
+        # supervisor's transport takes no timeout; this one call's sockets get one.
+        socket.setdefaulttimeout(TIMEOUT)
+        try:
+            proxy = childutils.getRPCInterface(self._env)
+            return getattr(proxy.supervisor, method)(*args)
+        except xmlrpc.client.ProtocolError as exc:
+            hint = ""
+            if exc.errcode == 401:
+                hint = ("; set SUPERVISOR_USERNAME and SUPERVISOR_PASSWORD in the listener's environment="
+                        if not self.has_credentials else "; check SUPERVISOR_USERNAME/SUPERVISOR_PASSWORD")
+            raise SupervisorError(f"supervisord at {self.url} refused {method}: {exc.errcode} {exc.errmsg}{hint}") from exc
+        except xmlrpc.client.Fault as exc:
+            raise SupervisorError(f"supervisord at {self.url} answered {method}: {exc.faultString}") from exc
+        except OSError as exc:
+            raise SupervisorError(f"supervisord at {self.url} cannot be reached for {method}: {exc}") from exc
+        finally:
+            socket.setdefaulttimeout(previous)

@@ -1,0 +1,310 @@
+"""The sync loop: keeps Consul in step with supervisord, in its own thread.
+
+It holds the desired state (supervisord's processes and the parsed
+configuration) and what the agent has; each round it folds in the hints the
+event loop posted, plans, and applies only the differences.  A full
+reconcile - re-read the configuration, getAllProcessInfo, read the agent -
+runs at start, after PROCESS_GROUP events, on SIGHUP, every 60 seconds, and
+with backoff until the agent answers after an outage.  Nothing depends on
+remembering what failed: the next reconcile starts from fresh reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from . import config, health, plan
+from .agent import Agent, ConsulError
+from .config import Configuration, ServiceSpec
+from .events import GroupsChanged, Hint, ProcessStateChange, SupervisorStateChange
+from .health import ProcessStatus
+from .plan import Actual, Deregister, Desired, Operation, Register, Registration, UpdateTTL
+from .rpc import Supervisor, SupervisorError, rpc_environment
+
+RECONCILE_EVERY = 60.0
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
+MAX_PENDING_HINTS = 100_000  # past this, hints are dropped for one reconcile
+IDLE_WAKEUP = 1.0  # heartbeats are due at most this late
+
+log = logging.getLogger("supervisor_consul")
+
+
+@dataclass
+class Batch:
+    hints: list[Hint] = field(default_factory=list)
+    reconcile: bool = False
+    closed: bool = False
+
+
+class Inbox:
+    """Hints from the event loop to the sync loop.  Posting never waits on I/O."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition()
+        self._hints: deque[Hint] = deque()
+        self._reconcile = False
+        self._closed = False
+
+    def post(self, hint: Hint) -> None:
+        with self._ready:
+            if len(self._hints) >= MAX_PENDING_HINTS:
+                self._hints.clear()
+                self._reconcile = True
+            self._hints.append(hint)
+            self._ready.notify()
+
+    def request_reconcile(self) -> None:
+        with self._ready:
+            self._reconcile = True
+            self._ready.notify()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+
+    def take(self, timeout: float) -> Batch:
+        with self._ready:
+            if not (self._hints or self._reconcile or self._closed):
+                self._ready.wait(timeout)
+            batch = Batch(list(self._hints), self._reconcile, self._closed)
+            self._hints.clear()
+            self._reconcile = False
+            return batch
+
+
+class Conditions:
+    """Logs a condition once when it starts or changes, and once when it clears."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, str] = {}
+
+    def report(self, key: str, message: str, level: int = logging.WARNING) -> None:
+        if self._current.get(key) != message:
+            self._current[key] = message
+            log.log(level, "%s", message)
+
+    def clear(self, key: str, recovered: str | None = None) -> None:
+        if self._current.pop(key, None) is not None and recovered:
+            log.info("%s", recovered)
+
+    def active(self, key: str) -> bool:
+        return key in self._current
+
+
+class Sync:
+    def __init__(self, agent: Agent, configfile: str, host: str, inbox: Inbox,
+                 read_config: Callable[[str], Configuration] = config.read,
+                 supervisor_factory: Callable[[Configuration], Supervisor] = lambda c: Supervisor(rpc_environment(c)),
+                 wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.agent = agent
+        self.configfile = configfile
+        self.host = host
+        self.inbox = inbox
+        self._read_config = read_config
+        self._supervisor_factory = supervisor_factory
+        self._wall, self._monotonic = wall, monotonic
+        self.configuration: Configuration | None = None
+        self.owner = ""
+        self.supervisor: Supervisor | None = None
+        self.registrations: dict[str, Registration] = {}  # by namespec
+        self.statuses: dict[str, ProcessStatus] = {}  # by namespec
+        self.complete = False  # statuses cover every process supervisord runs
+        self.actual: dict[str, Actual] | None = None  # None: unknown, read it before acting
+        self.stats: Counter[str] = Counter()
+        self.conditions = Conditions()
+        self._logged_problems: set[config.Problem] = set()
+        self._reconcile_at = 0.0
+        self._backoff = BACKOFF_FIRST
+        self._retry_at: dict[str, float] = {}  # service ID -> when to retry a refused operation
+
+    # -- the loop -----------------------------------------------------------
+
+    def run(self) -> None:
+        while True:
+            batch = self.inbox.take(self._wait())
+            wants_reconcile = batch.reconcile
+            for hint in batch.hints:
+                wants_reconcile |= self._fold(hint)
+            if wants_reconcile and self.actual is not None:
+                # While the agent is down the backoff decides when to try again.
+                self._reconcile_at = self._monotonic()
+            if self._monotonic() >= self._reconcile_at:
+                self.reconcile()
+            self.converge()
+            if batch.closed:
+                return
+
+    def _wait(self) -> float:
+        return max(0.0, min(IDLE_WAKEUP, self._reconcile_at - self._monotonic()))
+
+    # -- desired state --------------------------------------------------------
+
+    def _fold(self, hint: Hint) -> bool:
+        """Take in one hint; True when it calls for a full reconcile."""
+        if isinstance(hint, ProcessStateChange):
+            status = health.fold(self.statuses.get(hint.namespec), hint, self._wall())
+            if status.state == "EXITED" and hint.namespec in self.registrations:
+                status = self._with_exitstatus(hint.namespec, status)
+            self.statuses[hint.namespec] = status
+            return False
+        return isinstance(hint, GroupsChanged) or (isinstance(hint, SupervisorStateChange) and hint.state == "RUNNING")
+
+    def _with_exitstatus(self, namespec: str, status: ProcessStatus) -> ProcessStatus:
+        # EXITED events carry no exit status (supervisor #1150); ask for it.
+        assert self.supervisor is not None
+        try:
+            info = self.supervisor.process_info(namespec)
+        except SupervisorError:
+            return status
+        spec = self.configuration.services.get(namespec) if self.configuration else None
+        return health.with_exitstatus(status, info, spec)
+
+    def _load_configuration(self) -> bool:
+        configuration = self._read_config(self.configfile)
+        if not configuration.readable:
+            self.conditions.report("config", f"{configuration.problems[0]}; keeping the last good configuration"
+                                   if self.configuration else str(configuration.problems[0]), logging.ERROR)
+            return False
+        self.conditions.clear("config", f"{self.configfile} reads again")
+        new_problems = set(configuration.problems)
+        for problem in configuration.problems:
+            if problem not in self._logged_problems:
+                log.error("%s; this program stays unregistered", problem)
+        if self._logged_problems and not new_problems:
+            log.info("%s: every [consul:*] section is valid now", self.configfile)
+        self._logged_problems = new_problems
+        if self.configuration is None:
+            self.owner = plan.owner_id(self.host, configuration.configfile, configuration.identifier)
+            log.info("reading %s: %d processes to register; owner id %s", configuration.configfile,
+                     len(configuration.services), self.owner)
+        self.configuration = configuration
+        self.supervisor = self._supervisor_factory(configuration)
+        self.registrations = {ns: plan.registration(spec, self.owner, self.host)
+                              for ns, spec in configuration.services.items()}
+        return True
+
+    def _read_supervisor(self) -> None:
+        assert self.supervisor is not None and self.configuration is not None
+        try:
+            infos = self.supervisor.all_process_info()
+        except SupervisorError as exc:
+            self.complete = False
+            self.conditions.report("supervisord", f"{exc}; registering from events only, removing nothing")
+            return
+        self.conditions.clear("supervisord", f"supervisord at {self.supervisor.url} answers again")
+        services = self.configuration.services
+        previous = self.statuses
+        self.statuses = {}
+        for info in infos:
+            namespec = f"{info['group']}:{info['name']}" if info["group"] != info["name"] else info["name"]
+            self.statuses[namespec] = health.from_info(previous.get(namespec), info, services.get(namespec))
+        self.complete = True
+
+    def desired(self) -> dict[str, Desired]:
+        assert self.configuration is not None
+        now = self._wall()
+        result = {}
+        for namespec, status in self.statuses.items():
+            registration = self.registrations.get(namespec)
+            spec: ServiceSpec | None = self.configuration.services.get(namespec)
+            if registration is not None and spec is not None:
+                result[registration.service_id] = Desired(registration, health.wanted(status, spec, now))
+        return result
+
+    # -- converging ------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Read everything afresh: configuration, supervisord, the agent.
+
+        The configuration is read every time: editing a [consul:*] section
+        gives supervisord nothing to report, so no event would tell us.
+        """
+        self.stats["reconciles"] += 1
+        self._load_configuration()
+        if self.configuration is None:
+            self._schedule_retry()
+            return
+        self._read_supervisor()
+        try:
+            self.actual = self.agent.read_owned(self.owner)
+        except ConsulError as exc:
+            self._agent_failed(exc)
+            return
+        self.conditions.clear("agent", f"Consul agent at {self.agent.endpoint} answers again; reconciled")
+        self._backoff = BACKOFF_FIRST
+        self._reconcile_at = self._monotonic() + RECONCILE_EVERY
+
+    def converge(self) -> None:
+        """Apply the plan from desired to actual."""
+        if self.actual is None or self.configuration is None:
+            return
+        now = self._monotonic()
+        for operation in plan.plan(self.desired(), self.actual, now, self.complete):
+            if self._retry_at.get(operation.service_id, 0) > now:
+                continue
+            try:
+                self._apply(operation)
+            except ConsulError as exc:
+                if exc.unreachable:
+                    self._agent_failed(exc)
+                    return
+                self._operation_failed(operation, exc)
+
+    def _apply(self, operation: Operation) -> None:
+        assert self.actual is not None
+        self.stats[type(operation).__name__] += 1
+        if isinstance(operation, Register):
+            registration, wanted = operation.registration, operation.health
+            self.agent.register(registration, wanted, operation.initial)
+            self.actual[registration.service_id] = Actual(
+                registration.service_id, registration.fingerprint,
+                frozenset(dict(c)["CheckID"] for c in registration.checks),
+                wanted.status if wanted else None, wanted.note if wanted else None, self._monotonic())
+            log.info("registered %s as %s%s", _namespec(registration), registration.name,
+                     f" ({wanted.status}: {wanted.note})" if wanted else "")
+        elif isinstance(operation, UpdateTTL):
+            have = self.actual[operation.service_id]
+            self.agent.update_ttl(operation.check_id, operation.health)
+            if (have.status, have.output) != (operation.health.status, operation.health.note):
+                log.info("%s is %s: %s", operation.service_id, operation.health.status, operation.health.note)
+            self.actual[operation.service_id] = replace(have, status=operation.health.status,
+                                                        output=operation.health.note, updated_at=self._monotonic())
+        else:
+            self.agent.deregister(operation.service_id)
+            self.actual.pop(operation.service_id, None)
+            log.info("deregistered %s", operation.service_id)
+        self._retry_at.pop(operation.service_id, None)
+        self.conditions.clear(f"op:{operation.service_id}", f"{operation.service_id}: the agent accepts it again")
+
+    def _operation_failed(self, operation: Operation, exc: ConsulError) -> None:
+        """One instance refused: the others go on; this one is retried with backoff."""
+        sid = operation.service_id
+        self._retry_at[sid] = self._monotonic() + BACKOFF_MAX
+        if isinstance(operation, UpdateTTL):
+            # Most often the agent lost the registration (it restarted): read it afresh.
+            assert self.actual is not None
+            self.actual.pop(sid, None)
+            self._retry_at.pop(sid, None)
+            self._reconcile_at = min(self._reconcile_at, self._monotonic() + BACKOFF_FIRST)
+            log.debug("%s; reconciling", exc)
+            return
+        self.conditions.report(f"op:{sid}", f"{exc}; retrying every {BACKOFF_MAX:g}s")
+
+    def _agent_failed(self, exc: ConsulError) -> None:
+        self.actual = None
+        self.conditions.report("agent", str(exc))
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        self._reconcile_at = self._monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+
+
+def _namespec(registration: Registration) -> str:
+    return registration.service_id.split(":", 2)[-1]

@@ -1,0 +1,270 @@
+"""The listener under a real supervisord against a real Consul agent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import uuid
+
+import pytest
+
+from tests.harness import ConsulAgent, free_port, wait_for
+
+
+def listener(agent: ConsulAgent, buffer_size: int = 10) -> str:
+    """The [eventlistener:consul] stanza the issue asks to work, with the default buffer."""
+    return f"""
+[eventlistener:consul]
+command={sys.executable} -m supervisor_consul listen -c %(here)s/supervisord.conf --http-addr {agent.http_addr} --log-level debug
+events=PROCESS_STATE,PROCESS_GROUP,TICK_5
+buffer_size={buffer_size}
+priority=-2
+autorestart=true
+stdout_logfile=NONE
+stderr_logfile=%(here)s/listener.log
+"""
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def instances(agent: ConsulAgent, name: str) -> list[dict]:
+    return agent.health(name)
+
+
+def process_check(entry: dict) -> dict:
+    return next(c for c in entry["Checks"] if c["CheckID"].endswith(":process"))
+
+
+def status_of(agent: ConsulAgent, name: str) -> list[tuple[str, str]]:
+    """(status, note) of the process-state check of every instance."""
+    return sorted((process_check(e)["Status"], process_check(e)["Output"]) for e in instances(agent, name))
+
+
+def listener_log(sv) -> str:
+    path = sv.workdir / "listener.log"
+    return path.read_text() if path.exists() else ""
+
+
+def test_reference_scenario_nc_found_through_dns(consul_agent, supervisord_factory):
+    name, port = unique("netcat"), free_port()
+    sv = supervisord_factory(f"""
+[program:netcat]
+command=nc -l 127.0.0.1 {port}
+autorestart=true
+[consul:netcat]
+name={name}
+port={port}
+tags=reference
+""" + listener(consul_agent))
+    info = sv.wait_state("netcat", "RUNNING")
+    wait_for(lambda: status_of(consul_agent, name) == [("passing", f"RUNNING pid {info['pid']}")],
+             message="netcat passing in Consul")
+    # No wrapper: the pid supervisord watches is nc itself.
+    assert os.readlink(f"/proc/{info['pid']}/exe").split("/")[-1].startswith("nc")
+    assert wait_for(lambda: consul_agent.dns(f"{name}.service.consul", "A"), message="A record") == ["127.0.0.1"]
+    srv = wait_for(lambda: consul_agent.dns(f"{name}.service.consul", "SRV"), message="SRV record")
+    assert [int(record.split()[2]) for record in srv] == [port]
+    [entry] = instances(consul_agent, name)
+    assert entry["Service"]["Tags"] == ["reference"]
+    assert entry["Service"]["Meta"]["supervisord-process"] == "netcat"
+
+
+def test_stop_removes_and_start_brings_back(consul_agent, supervisord_factory):
+    name = unique("sleeper")
+    sv = supervisord_factory(f"""
+[program:sleeper]
+command=sleep 300
+[consul:sleeper]
+name={name}
+port=7000
+""" + listener(consul_agent))
+    wait_for(lambda: [s for s, _ in status_of(consul_agent, name)] == ["passing"], message="passing")
+    assert sv.ctl("stop", "sleeper").returncode == 0
+    wait_for(lambda: instances(consul_agent, name) == [], message="deregistered after stop")
+    assert consul_agent.dns(f"{name}.service.consul", "A") == []
+    assert sv.ctl("start", "sleeper").returncode == 0
+    pid = sv.info("sleeper")["pid"]
+    wait_for(lambda: status_of(consul_agent, name) == [("passing", f"RUNNING pid {pid}")], message="passing again")
+    assert consul_agent.dns(f"{name}.service.consul", "A") == ["127.0.0.1"]
+
+
+def test_crash_with_autorestart_goes_critical_then_passing(consul_agent, supervisord_factory):
+    name = unique("crasher")
+    sv = supervisord_factory(f"""
+[program:crasher]
+command=sleep 300
+autorestart=true
+startsecs=3
+[consul:crasher]
+name={name}
+""" + listener(consul_agent))
+    old = sv.wait_state("crasher", "RUNNING")["pid"]
+    wait_for(lambda: status_of(consul_agent, name) == [("passing", f"RUNNING pid {old}")], message="passing")
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: status_of(consul_agent, name) == [("critical", "EXITED unexpectedly with exit status -9")]
+             or status_of(consul_agent, name)[0][0] == "critical", message="critical after the crash")
+    assert consul_agent.dns(f"{name}.service.consul", "A") == []
+    new = sv.wait_state("crasher", "RUNNING")["pid"]
+    assert new != old
+    wait_for(lambda: status_of(consul_agent, name) == [("passing", f"RUNNING pid {new}")], message="passing again")
+
+
+def test_crash_loop_to_fatal_deregisters(consul_agent, supervisord_factory, tmp_path):
+    name, marker = unique("flaky"), tmp_path / "broken"
+    sv = supervisord_factory(f"""
+[program:flaky]
+command=sh -c 'test -e {marker} && exit 3; exec sleep 300'
+autorestart=true
+startsecs=1
+startretries=1
+[consul:flaky]
+name={name}
+""" + listener(consul_agent))
+    pid = sv.wait_state("flaky", "RUNNING")["pid"]
+    wait_for(lambda: [s for s, _ in status_of(consul_agent, name)] == ["passing"], message="passing")
+    marker.touch()
+    os.kill(pid, signal.SIGKILL)
+    sv.wait_state("flaky", "FATAL", timeout=30)
+    wait_for(lambda: instances(consul_agent, name) == [], message="deregistered at FATAL")
+
+
+def free_port_prefix(count: int) -> str:
+    """A prefix P such that ports P1..P<count> are all free (for port=P%(process_num)d)."""
+    import random
+    import socket
+
+    def free(port: int) -> bool:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    for _ in range(200):
+        prefix = str(random.randint(2000, 6000))
+        if all(free(int(f"{prefix}{n}")) for n in range(1, count + 1)):
+            return prefix
+    raise RuntimeError("no free port prefix")
+
+
+def test_numprocs_three_instances_with_ports_and_http_checks(consul_agent, supervisord_factory):
+    name, prefix = unique("web"), free_port_prefix(3)
+    sv = supervisord_factory(f"""
+[program:web]
+command={sys.executable} -m http.server {prefix}%(process_num)d --bind 127.0.0.1
+process_name=%(program_name)s_%(process_num)02d
+numprocs=3
+numprocs_start=1
+[consul:web]
+name={name}
+port={prefix}%(process_num)d
+tags=instance-%(process_num)d
+check=http://127.0.0.1:%(port)s/
+interval=1s
+timeout=1s
+""" + listener(consul_agent))
+    for n in (1, 2, 3):
+        sv.wait_state(f"web:web_0{n}", "RUNNING")
+
+    def all_passing():
+        entries = instances(consul_agent, name)
+        return len(entries) == 3 and all(c["Status"] == "passing" for e in entries for c in e["Checks"]) and entries
+
+    entries = wait_for(all_passing, message="three instances, every check passing")
+    assert sorted(e["Service"]["Port"] for e in entries) == [int(f"{prefix}{n}") for n in (1, 2, 3)]
+    assert len({e["Service"]["ID"] for e in entries}) == 3
+    assert sorted(e["Service"]["Tags"][0] for e in entries) == ["instance-1", "instance-2", "instance-3"]
+    assert all({c["CheckID"].rsplit(":", 1)[1] for c in e["Checks"] if c["ServiceID"]} == {"process", "http"}
+               for e in entries)
+    srv = consul_agent.dns(f"{name}.service.consul", "SRV")
+    assert sorted(int(r.split()[2]) for r in srv) == [int(f"{prefix}{n}") for n in (1, 2, 3)]
+
+
+def test_update_adds_and_removes_a_program_from_an_include_file(consul_agent, supervisord_factory):
+    first, second = unique("alpha"), unique("beta")
+    sv = supervisord_factory(f"""
+[include]
+files=conf.d/*.conf
+[program:alpha]
+command=sleep 300
+[consul:alpha]
+name={first}
+""" + listener(consul_agent))
+    (sv.workdir / "conf.d").mkdir(exist_ok=True)
+    wait_for(lambda: [s for s, _ in status_of(consul_agent, first)] == ["passing"], message="alpha passing")
+    include = sv.workdir / "conf.d" / "beta.conf"
+    include.write_text(f"[program:beta]\ncommand=sleep 300\n[consul:beta]\nname={second}\nport=7100\n")
+    assert "beta: added" in sv.ctl("update").stdout
+    wait_for(lambda: [s for s, _ in status_of(consul_agent, second)] == ["passing"], message="beta passing")
+    include.unlink()
+    assert "beta: stopped" in sv.ctl("update").stdout
+    wait_for(lambda: instances(consul_agent, second) == [], message="beta deregistered")
+    assert [s for s, _ in status_of(consul_agent, first)] == ["passing"]
+
+
+def test_listener_restart_makes_no_duplicates_and_no_rewrites(consul_agent, supervisord_factory):
+    name = unique("steady")
+    sv = supervisord_factory(f"""
+[program:steady]
+command=sleep 300
+process_name=%(program_name)s_%(process_num)d
+numprocs=2
+[consul:steady]
+name={name}
+""" + listener(consul_agent))
+    wait_for(lambda: [s for s, _ in status_of(consul_agent, name)] == ["passing", "passing"], message="passing")
+    ids = sorted(e["Service"]["ID"] for e in instances(consul_agent, name))
+    log_before = listener_log(sv)
+    assert sv.ctl("restart", "consul").returncode == 0
+    wait_for(lambda: listener_log(sv).count("listening;") == 2, message="a second listener")
+    wait_for(lambda: "reconcile" in listener_log(sv)[len(log_before):] or
+             listener_log(sv)[len(log_before):].count("owner id") == 1, message="second listener read its config")
+    # Give the second listener a reconcile to do (it converges at start), then compare.
+    sv.ctl("signal", "HUP", "consul")
+    wait_for(lambda: sorted(e["Service"]["ID"] for e in instances(consul_agent, name)) == ids, message="same ids")
+    assert "registered" not in listener_log(sv)[len(log_before):].replace("deregistered", "")
+
+
+def test_agent_restart_reregisters_everything(supervisord_factory, tmp_path):
+    with ConsulAgent(tmp_path / "own-agent") as agent:
+        name = unique("survivor")
+        supervisord_factory(f"""
+[program:survivor]
+command=sleep 300
+process_name=%(program_name)s_%(process_num)d
+numprocs=2
+[consul:survivor]
+name={name}
+ttl=3s
+""" + listener(agent))
+        wait_for(lambda: [s for s, _ in status_of(agent, name)] == ["passing", "passing"], message="passing")
+        agent.restart()
+        assert instances(agent, name) == []
+        wait_for(lambda: [s for s, _ in status_of(agent, name)] == ["passing", "passing"], timeout=30,
+                 message="re-registered after the agent restart")
+
+
+def test_bad_section_is_reported_and_the_rest_works(consul_agent, supervisord_factory):
+    good, bad = unique("good"), unique("bad")
+    sv = supervisord_factory(f"""
+[program:good]
+command=sleep 300
+[consul:good]
+name={good}
+[program:bad]
+command=sleep 300
+[consul:bad]
+name={bad}
+port=eighty
+""" + listener(consul_agent))
+    wait_for(lambda: [s for s, _ in status_of(consul_agent, good)] == ["passing"], message="good passing")
+    line = wait_for(lambda: next((l for l in listener_log(sv).splitlines() if "port = 'eighty'" in l), None),
+                    message="the problem in the listener's log")
+    assert f"{sv.conf}: [consul:bad] port = 'eighty': port must be a number" in line
+    assert listener_log(sv).count("port = 'eighty'") == 1
+    assert instances(consul_agent, bad) == []
+    assert sv.state("consul") == "RUNNING"
