@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from supervisor import childutils
+from supervisor.xmlrpc import Faults
 
 from .config import Configuration
 
@@ -56,6 +57,14 @@ class Supervisor:
 
     def process_info(self, namespec: str) -> dict[str, Any]:
         return self._call("getProcessInfo", namespec)
+
+    def is_stopping(self) -> bool:
+        """True while supervisord shuts down or reloads: then it answers every
+        call with the SHUTDOWN_STATE fault."""
+        try:
+            return self._call("getState")["statename"] in ("SHUTDOWN", "RESTARTING")
+        except SupervisorError as exc:
+            return isinstance(exc.__cause__, xmlrpc.client.Fault) and exc.__cause__.faultCode == Faults.SHUTDOWN_STATE
 
     def _call(self, method: str, *args: Any) -> Any:
         if not self.url:

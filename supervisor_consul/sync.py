@@ -115,6 +115,7 @@ class Sync:
         self.registrations: dict[str, Registration] = {}  # by namespec
         self.statuses: dict[str, ProcessStatus] = {}  # by namespec
         self.complete = False  # statuses cover every process supervisord runs
+        self.supervisord_stopping = False  # SUPERVISOR_STATE_CHANGE_STOPPING seen: shutdown or reload
         self.actual: dict[str, Actual] | None = None  # None: unknown, read it before acting
         self.stats: Counter[str] = Counter()
         self.conditions = Conditions()
@@ -138,6 +139,8 @@ class Sync:
                 self.reconcile()
             self.converge()
             if batch.closed:
+                if self.supervisord_stopping or (self.supervisor is not None and self.supervisor.is_stopping()):
+                    self._all_stopped()
                 return
 
     def _wait(self) -> float:
@@ -153,7 +156,18 @@ class Sync:
                 status = self._with_exitstatus(hint.namespec, status)
             self.statuses[hint.namespec] = status
             return False
-        return isinstance(hint, GroupsChanged) or (isinstance(hint, SupervisorStateChange) and hint.state == "RUNNING")
+        if isinstance(hint, SupervisorStateChange):
+            self.supervisord_stopping = hint.state == "STOPPING"
+            return hint.state == "RUNNING"
+        return isinstance(hint, GroupsChanged)
+
+    def _all_stopped(self) -> None:
+        """supervisord is shutting down or reloading and stops its listeners last,
+        so every program has stopped by now; their last events may never reach us
+        (supervisord drops listener queues at shutdown)."""
+        now = self._wall()
+        self.statuses = {namespec: ProcessStatus("STOPPED", since=now) for namespec in self.statuses}
+        self.converge()
 
     def _with_exitstatus(self, namespec: str, status: ProcessStatus) -> ProcessStatus:
         # EXITED events carry no exit status (supervisor #1150); ask for it.

@@ -268,3 +268,20 @@ port=eighty
     assert listener_log(sv).count("port = 'eighty'") == 1
     assert instances(consul_agent, bad) == []
     assert sv.state("consul") == "RUNNING"
+
+
+def test_supervisord_shutdown_deregisters_and_listener_stop_does_not(consul_agent, supervisord_factory):
+    name = unique("shutdown")
+    sv = supervisord_factory(f"""
+[program:worker]
+command=sleep 300
+[consul:worker]
+name={name}
+""" + listener(consul_agent))
+    wait_for(lambda: [s for s, _ in status_of(consul_agent, name)] == ["passing"], message="passing")
+    # Stopping only the listener leaves the programs running: their instances stay.
+    assert sv.ctl("stop", "consul").returncode == 0
+    assert [s for s, _ in status_of(consul_agent, name)] == ["passing"]
+    assert sv.ctl("start", "consul").returncode == 0
+    sv.stop()
+    wait_for(lambda: instances(consul_agent, name) == [], message="deregistered at supervisord shutdown")
