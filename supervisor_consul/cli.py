@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     try:
-        configfile = config.locate(args.configuration, parent_pid=os.getpid())
+        configfile = config.locate(args.configuration)
     except config.ConfigNotFound as exc:
         print(f"supervisor-consul: {exc}", file=sys.stderr)
         return 2

@@ -27,7 +27,10 @@ from .plan import Actual, Deregister, Desired, Operation, Register, Registration
 from .rpc import Supervisor, SupervisorError, rpc_environment
 
 RECONCILE_EVERY = 60.0
-BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
+# The agent is local and reading it is cheap: probe often, so an agent that
+# answers again is reconciled within seconds.
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 5.0
+REFUSED_RETRY = 30.0  # an operation the agent refuses (403, 400) is retried this often
 MAX_PENDING_HINTS = 100_000  # past this, hints are dropped for one reconcile
 IDLE_WAKEUP = 1.0  # heartbeats are due at most this late
 
@@ -299,7 +302,7 @@ class Sync:
     def _operation_failed(self, operation: Operation, exc: ConsulError) -> None:
         """One instance refused: the others go on; this one is retried with backoff."""
         sid = operation.service_id
-        self._retry_at[sid] = self._monotonic() + BACKOFF_MAX
+        self._retry_at[sid] = self._monotonic() + REFUSED_RETRY
         if isinstance(operation, UpdateTTL):
             # Most often the agent lost the registration (it restarted): read it afresh.
             assert self.actual is not None
@@ -308,7 +311,7 @@ class Sync:
             self._reconcile_at = min(self._reconcile_at, self._monotonic() + BACKOFF_FIRST)
             log.debug("%s; reconciling", exc)
             return
-        self.conditions.report(f"op:{sid}", f"{exc}; retrying every {BACKOFF_MAX:g}s")
+        self.conditions.report(f"op:{sid}", f"{exc}; retrying every {REFUSED_RETRY:g}s")
 
     def _agent_failed(self, exc: ConsulError) -> None:
         self.actual = None

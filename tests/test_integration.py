@@ -285,3 +285,52 @@ name={name}
     assert sv.ctl("start", "consul").returncode == 0
     sv.stop()
     wait_for(lambda: instances(consul_agent, name) == [], message="deregistered at supervisord shutdown")
+
+
+def test_listener_finds_the_configuration_supervisord_runs_with(consul_agent, supervisord_factory):
+    name = unique("found")
+    stanza = listener(consul_agent).replace(" -c %(here)s/supervisord.conf", "")
+    assert " -c " not in stanza
+    sv = supervisord_factory(f"""
+[program:found]
+command=sleep 300
+[consul:found]
+name={name}
+""" + stanza)
+    wait_for(lambda: [s for s, _ in status_of(consul_agent, name)] == ["passing"], message="passing")
+    assert f"configuration {sv.conf}" in listener_log(sv)
+
+
+def test_check_command_exit_codes(tmp_path):
+    import subprocess
+    good, bad = tmp_path / "good.conf", tmp_path / "bad.conf"
+    good.write_text("[supervisord]\n[program:a]\ncommand=sleep 1\n[consul:a]\nport=80\n")
+    bad.write_text("[supervisord]\n[program:a]\ncommand=sleep 1\n[consul:a]\nport=80x\ncolour=red\n")
+    run = lambda path: subprocess.run([sys.executable, "-m", "supervisor_consul", "check", "-c", str(path)],
+                                      capture_output=True, text=True, timeout=60)
+    ok = run(good)
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    failed = run(bad)
+    assert failed.returncode == 1
+    assert f"{bad}: [consul:a] port = '80x'" in failed.stdout
+    assert f"{bad}: [consul:a] colour = 'red': unknown key" in failed.stdout
+
+
+def test_two_supervisords_on_one_agent_touch_only_their_own(consul_agent, supervisord_factory):
+    name = unique("shared")
+    conf = f"""
+[program:app]
+command=sleep 300
+[consul:app]
+name={name}
+""" + listener(consul_agent)
+    first, second = supervisord_factory(conf), supervisord_factory(conf)
+    entries = wait_for(lambda: len(instances(consul_agent, name)) == 2 and instances(consul_agent, name),
+                       message="one instance per supervisord")
+    owners = {e["Service"]["Meta"]["supervisor-consul-owner"] for e in entries}
+    assert len(owners) == 2
+    first.ctl("stop", "app")
+    wait_for(lambda: len(instances(consul_agent, name)) == 1, message="only the first's instance gone")
+    [left] = instances(consul_agent, name)
+    assert left["Service"]["Meta"]["supervisord-host"] and process_check(left)["Status"] == "passing"
+    assert f"pid {second.info('app')['pid']}" in process_check(left)["Output"]
