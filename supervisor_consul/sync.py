@@ -138,9 +138,11 @@ class Sync:
             if wants_reconcile and self.actual is not None:
                 # While the agent is down the backoff decides when to try again.
                 self._reconcile_at = self._monotonic()
-            if self._monotonic() >= self._reconcile_at:
-                self.reconcile()
-            self.converge()
+            reconciled = self._monotonic() >= self._reconcile_at and self.reconcile()
+            applied = self.converge()
+            if reconciled:
+                log.debug("reconcile done: %d instances owned in the agent, %d operations applied",
+                          len(self.actual or {}), applied)
             if batch.closed:
                 if self.supervisord_stopping or (self.supervisor is not None and self.supervisor.is_stopping()):
                     self._all_stopped()
@@ -236,7 +238,7 @@ class Sync:
 
     # -- converging ------------------------------------------------------------
 
-    def reconcile(self) -> None:
+    def reconcile(self) -> bool:
         """Read everything afresh: configuration, supervisord, the agent.
 
         The configuration is read every time: editing a [consul:*] section
@@ -246,32 +248,36 @@ class Sync:
         self._load_configuration()
         if self.configuration is None:
             self._schedule_retry()
-            return
+            return False
         self._read_supervisor()
         try:
             self.actual = self.agent.read_owned(self.owner)
         except ConsulError as exc:
             self._agent_failed(exc)
-            return
+            return False
         self.conditions.clear("agent", f"Consul agent at {self.agent.endpoint} answers again; reconciled")
         self._backoff = BACKOFF_FIRST
         self._reconcile_at = self._monotonic() + RECONCILE_EVERY
+        return True
 
-    def converge(self) -> None:
-        """Apply the plan from desired to actual."""
+    def converge(self) -> int:
+        """Apply the plan from desired to actual; how many operations succeeded."""
         if self.actual is None or self.configuration is None:
-            return
+            return 0
         now = self._monotonic()
+        applied = 0
         for operation in plan.plan(self.desired(), self.actual, now, self.complete):
             if self._retry_at.get(operation.service_id, 0) > now:
                 continue
             try:
                 self._apply(operation)
+                applied += 1
             except ConsulError as exc:
                 if exc.unreachable:
                     self._agent_failed(exc)
-                    return
+                    break
                 self._operation_failed(operation, exc)
+        return applied
 
     def _apply(self, operation: Operation) -> None:
         assert self.actual is not None

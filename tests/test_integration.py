@@ -43,6 +43,22 @@ def status_of(agent: ConsulAgent, name: str) -> list[tuple[str, str]]:
     return sorted((process_check(e)["Status"], process_check(e)["Output"]) for e in instances(agent, name))
 
 
+def wait_passing(agent: ConsulAgent, name: str, count: int = 1, timeout: float = 20.0) -> None:
+    wait_for(lambda: [status for status, _ in status_of(agent, name)] == ["passing"] * count,
+             timeout=timeout, message=f"{count} {name} instance(s) passing")
+
+
+def start_sleeper(agent: ConsulAgent, make, program: str, consul_keys: str = "", stanza: str | None = None,
+                  numprocs: int = 1):
+    """A supervisord running `sleep 300` as PROGRAM, registered and passing; (supervisord, service name)."""
+    name = unique(program)
+    processes = f"process_name=%(program_name)s_%(process_num)d\nnumprocs={numprocs}\n" if numprocs > 1 else ""
+    sv = make(f"[program:{program}]\ncommand=sleep 300\n{processes}[consul:{program}]\nname={name}\n{consul_keys}\n"
+              + (stanza if stanza is not None else listener(agent)))
+    wait_passing(agent, name, numprocs)
+    return sv, name
+
+
 def listener_log(sv) -> str:
     path = sv.workdir / "listener.log"
     return path.read_text() if path.exists() else ""
@@ -73,15 +89,7 @@ tags=reference
 
 
 def test_stop_removes_and_start_brings_back(consul_agent, supervisord_factory):
-    name = unique("sleeper")
-    sv = supervisord_factory(f"""
-[program:sleeper]
-command=sleep 300
-[consul:sleeper]
-name={name}
-port=7000
-""" + listener(consul_agent))
-    wait_for(lambda: [s for s, _ in status_of(consul_agent, name)] == ["passing"], message="passing")
+    sv, name = start_sleeper(consul_agent, supervisord_factory, "sleeper", "port=7000")
     assert sv.ctl("stop", "sleeper").returncode == 0
     wait_for(lambda: instances(consul_agent, name) == [], message="deregistered after stop")
     assert consul_agent.dns(f"{name}.service.consul", "A") == []
@@ -124,7 +132,7 @@ startretries=1
 name={name}
 """ + listener(consul_agent))
     pid = sv.wait_state("flaky", "RUNNING")["pid"]
-    wait_for(lambda: [s for s, _ in status_of(consul_agent, name)] == ["passing"], message="passing")
+    wait_passing(consul_agent, name)
     marker.touch()
     os.kill(pid, signal.SIGKILL)
     sv.wait_state("flaky", "FATAL", timeout=30)
@@ -195,11 +203,11 @@ command=sleep 300
 name={first}
 """ + listener(consul_agent))
     (sv.workdir / "conf.d").mkdir(exist_ok=True)
-    wait_for(lambda: [s for s, _ in status_of(consul_agent, first)] == ["passing"], message="alpha passing")
+    wait_passing(consul_agent, first)
     include = sv.workdir / "conf.d" / "beta.conf"
     include.write_text(f"[program:beta]\ncommand=sleep 300\n[consul:beta]\nname={second}\nport=7100\n")
     assert "beta: added" in sv.ctl("update").stdout
-    wait_for(lambda: [s for s, _ in status_of(consul_agent, second)] == ["passing"], message="beta passing")
+    wait_passing(consul_agent, second)
     include.unlink()
     assert "beta: stopped" in sv.ctl("update").stdout
     wait_for(lambda: instances(consul_agent, second) == [], message="beta deregistered")
@@ -207,45 +215,26 @@ name={first}
 
 
 def test_listener_restart_makes_no_duplicates_and_no_rewrites(consul_agent, supervisord_factory):
-    name = unique("steady")
-    sv = supervisord_factory(f"""
-[program:steady]
-command=sleep 300
-process_name=%(program_name)s_%(process_num)d
-numprocs=2
-[consul:steady]
-name={name}
-""" + listener(consul_agent))
-    wait_for(lambda: [s for s, _ in status_of(consul_agent, name)] == ["passing", "passing"], message="passing")
+    sv, name = start_sleeper(consul_agent, supervisord_factory, "steady", numprocs=2)
     ids = sorted(e["Service"]["ID"] for e in instances(consul_agent, name))
-    log_before = listener_log(sv)
+    notes = status_of(consul_agent, name)
+    before = len(listener_log(sv))
     assert sv.ctl("restart", "consul").returncode == 0
-    wait_for(lambda: listener_log(sv).count("listening;") == 2, message="a second listener")
-    wait_for(lambda: "reconcile" in listener_log(sv)[len(log_before):] or
-             listener_log(sv)[len(log_before):].count("owner id") == 1, message="second listener read its config")
-    # Give the second listener a reconcile to do (it converges at start), then compare.
-    sv.ctl("signal", "HUP", "consul")
-    wait_for(lambda: sorted(e["Service"]["ID"] for e in instances(consul_agent, name)) == ids, message="same ids")
-    assert "registered" not in listener_log(sv)[len(log_before):].replace("deregistered", "")
+    wait_for(lambda: "reconcile done" in listener_log(sv)[before:], message="the new listener's first reconcile")
+    assert sorted(e["Service"]["ID"] for e in instances(consul_agent, name)) == ids
+    new_log = listener_log(sv)[before:]
+    # A fresh listener refreshes the TTL checks once (it cannot know when they were
+    # last refreshed) but registers nothing again.
+    assert " registered " not in new_log and "deregistered" not in new_log
+    assert status_of(consul_agent, name) == notes
 
 
 def test_agent_restart_reregisters_everything(supervisord_factory, tmp_path):
     with ConsulAgent(tmp_path / "own-agent") as agent:
-        name = unique("survivor")
-        supervisord_factory(f"""
-[program:survivor]
-command=sleep 300
-process_name=%(program_name)s_%(process_num)d
-numprocs=2
-[consul:survivor]
-name={name}
-ttl=3s
-""" + listener(agent))
-        wait_for(lambda: [s for s, _ in status_of(agent, name)] == ["passing", "passing"], message="passing")
+        _, name = start_sleeper(agent, supervisord_factory, "survivor", "ttl=3s", numprocs=2)
         agent.restart()
         assert instances(agent, name) == []
-        wait_for(lambda: [s for s, _ in status_of(agent, name)] == ["passing", "passing"], timeout=30,
-                 message="re-registered after the agent restart")
+        wait_passing(agent, name, 2, timeout=30)  # re-registered after the agent restart
 
 
 def test_bad_section_is_reported_and_the_rest_works(consul_agent, supervisord_factory):
@@ -261,7 +250,7 @@ command=sleep 300
 name={bad}
 port=eighty
 """ + listener(consul_agent))
-    wait_for(lambda: [s for s, _ in status_of(consul_agent, good)] == ["passing"], message="good passing")
+    wait_passing(consul_agent, good)
     line = wait_for(lambda: next((l for l in listener_log(sv).splitlines() if "port = 'eighty'" in l), None),
                     message="the problem in the listener's log")
     assert f"{sv.conf}: [consul:bad] port = 'eighty': port must be a number" in line
@@ -271,14 +260,7 @@ port=eighty
 
 
 def test_supervisord_shutdown_deregisters_and_listener_stop_does_not(consul_agent, supervisord_factory):
-    name = unique("shutdown")
-    sv = supervisord_factory(f"""
-[program:worker]
-command=sleep 300
-[consul:worker]
-name={name}
-""" + listener(consul_agent))
-    wait_for(lambda: [s for s, _ in status_of(consul_agent, name)] == ["passing"], message="passing")
+    sv, name = start_sleeper(consul_agent, supervisord_factory, "worker")
     # Stopping only the listener leaves the programs running: their instances stay.
     assert sv.ctl("stop", "consul").returncode == 0
     assert [s for s, _ in status_of(consul_agent, name)] == ["passing"]
@@ -288,16 +270,9 @@ name={name}
 
 
 def test_listener_finds_the_configuration_supervisord_runs_with(consul_agent, supervisord_factory):
-    name = unique("found")
     stanza = listener(consul_agent).replace(" -c %(here)s/supervisord.conf", "")
     assert " -c " not in stanza
-    sv = supervisord_factory(f"""
-[program:found]
-command=sleep 300
-[consul:found]
-name={name}
-""" + stanza)
-    wait_for(lambda: [s for s, _ in status_of(consul_agent, name)] == ["passing"], message="passing")
+    sv, _ = start_sleeper(consul_agent, supervisord_factory, "found", stanza=stanza)
     assert f"configuration {sv.conf}" in listener_log(sv)
 
 
