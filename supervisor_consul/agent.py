@@ -68,15 +68,17 @@ def connection(http_addr: str | None = None, token: str | None = None, token_fil
         raise SettingError(f"{source} {addr!r}: expected host:port, http://host:port or https://host:port")
     if port is None:
         port = 8501 if scheme == "https" else 8500
-    token_file = token_file or env.get("CONSUL_HTTP_TOKEN_FILE")
-    if not token and not env.get("CONSUL_HTTP_TOKEN") and token_file:
-        token = _read_token(token_file)
-    token = token or env.get("CONSUL_HTTP_TOKEN") or None
+    # Options beat variables; at each level a token file beats a token, as in
+    # Consul's own client (api.NewClient: "If the TokenFile is set, always use that").
+    if not token:
+        token_file = token_file or env.get("CONSUL_HTTP_TOKEN_FILE")
+        token = _read_token(token_file) if token_file else env.get("CONSUL_HTTP_TOKEN") or None
     client_cert = client_cert or env.get("CONSUL_CLIENT_CERT") or None
     client_key = client_key or env.get("CONSUL_CLIENT_KEY") or None
     if bool(client_cert) != bool(client_key):
         raise SettingError("--client-cert and --client-key (CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY) go together; give both")
-    return Connection(scheme=scheme, host=parsed.hostname, port=port, token=token,
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname  # IPv6 keeps its brackets
+    return Connection(scheme=scheme, host=host, port=port, token=token,
                       ca_file=ca_file or env.get("CONSUL_CACERT") or None,
                       client_cert=client_cert, client_key=client_key,
                       verify=_flag(env, "CONSUL_HTTP_SSL_VERIFY", True))

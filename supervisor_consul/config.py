@@ -127,7 +127,8 @@ def read(configfile: str) -> Configuration:
     except ValueError as exc:
         return Configuration(configfile, readable=False,
                              problems=(Problem(configfile, "", None, None,
-                                               f"supervisord cannot read this configuration: {exc}"),))
+                                               "supervisord cannot read this configuration: "
+                                               + " ".join(str(exc).split())),))
     finally:
         options.close_poller()
     parser = options.parser

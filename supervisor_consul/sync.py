@@ -251,14 +251,24 @@ class Sync:
             return False
         self._read_supervisor()
         try:
-            self.actual = self.agent.read_owned(self.owner)
+            fresh = self.agent.read_owned(self.owner)
         except ConsulError as exc:
             self._agent_failed(exc)
             return False
+        self.actual = {sid: self._keep_heartbeat_time(have) for sid, have in fresh.items()}
         self.conditions.clear("agent", f"Consul agent at {self.agent.endpoint} answers again; reconciled")
         self._backoff = BACKOFF_FIRST
         self._reconcile_at = self._monotonic() + RECONCILE_EVERY
         return True
+
+    def _keep_heartbeat_time(self, have: Actual) -> Actual:
+        """The agent does not say when a TTL check was last written; when it still
+        shows what we wrote, our own record of when is good, and no extra
+        heartbeat is owed."""
+        known = (self.actual or {}).get(have.service_id)
+        if known is not None and (known.status, known.output) == (have.status, have.output):
+            return replace(have, updated_at=known.updated_at)
+        return have
 
     def converge(self) -> int:
         """Apply the plan from desired to actual; how many operations succeeded."""

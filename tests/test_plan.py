@@ -1,0 +1,248 @@
+"""plan: registrations, ownership, and the operations that close the gap."""
+from __future__ import annotations
+
+import pytest
+
+from supervisor_consul.config import ConsulCheck, ServiceSpec
+from supervisor_consul.health import CRITICAL, KEEP, PASSING, Health
+from supervisor_consul.plan import (
+    Actual, Deregister, Desired, Register, UpdateTTL, is_owned, owner_id, plan, registration,
+)
+
+OWNER = "0123456789ab"
+HOST = "node1"
+PASS = Health(PASSING, "RUNNING pid 42")
+FAIL = Health(CRITICAL, "EXITED unexpectedly with exit status 1")
+
+
+def spec(**overrides) -> ServiceSpec:
+    return ServiceSpec(**{"namespec": "web:web_01", "group": "web", "process": "web_01", "name": "web",
+                          "port": 8101, **overrides})
+
+
+def check_ids(reg) -> frozenset[str]:
+    return frozenset(dict(c)["CheckID"] for c in reg.checks)
+
+
+def actual_for(reg, status=PASSING, output="RUNNING pid 42", updated_at=100.0, fingerprint=None, checks=None):
+    return Actual(reg.service_id, reg.fingerprint if fingerprint is None else fingerprint,
+                  check_ids(reg) if checks is None else checks, status, output, updated_at)
+
+
+# -- registration ----------------------------------------------------------------------
+
+
+def test_registration_payload_shape():
+    reg = registration(spec(tags=("a", "b"), meta=(("Version", "1"),)), OWNER, HOST)
+    sid = f"supervisord:{OWNER}:web:web_01"
+
+    payload = reg.payload(PASSING)
+
+    assert reg.service_id == sid
+    assert payload["ID"] == sid
+    assert payload["Name"] == "web"
+    assert payload["Port"] == 8101
+    assert payload["Address"] == ""
+    assert payload["Tags"] == ["a", "b"]
+    assert payload["Meta"] == {
+        "Version": "1",
+        "external-source": "supervisord",
+        "supervisor-consul-owner": OWNER,
+        "supervisord-group": "web",
+        "supervisord-process": "web_01",
+        "supervisord-host": HOST,
+        "supervisor-consul-spec": reg.fingerprint,
+    }
+    assert payload["Checks"] == [{
+        "CheckID": f"{sid}:process",
+        "Name": "supervisord process web:web_01",
+        "TTL": "15s",
+        "DeregisterCriticalServiceAfter": "5m",
+        "Status": PASSING,
+    }]
+    assert reg.ttl_check_id == f"{sid}:process"
+    assert reg.ttl_seconds == 15
+
+
+def test_payload_status_is_the_initial_status():
+    reg = registration(spec(), OWNER, HOST)
+    assert reg.payload(CRITICAL)["Checks"][0]["Status"] == CRITICAL
+    assert "Status" not in reg.payload(None)["Checks"][0]
+
+
+def test_no_deregister_critical_service_after_when_off():
+    reg = registration(spec(deregister_after=None), OWNER, HOST)
+    assert "DeregisterCriticalServiceAfter" not in reg.payload(PASSING)["Checks"][0]
+
+
+def test_http_check():
+    check = ConsulCheck("http", "http://127.0.0.1:8101/health", "10s", "5s")
+    reg = registration(spec(check=check), OWNER, HOST)
+    sid = reg.service_id
+
+    checks = reg.payload(PASSING)["Checks"]
+
+    assert [c["CheckID"] for c in checks] == [f"{sid}:process", f"{sid}:http"]
+    assert checks[1] == {"CheckID": f"{sid}:http", "Name": "http http://127.0.0.1:8101/health",
+                         "HTTP": "http://127.0.0.1:8101/health", "Interval": "10s", "Timeout": "5s"}
+
+
+def test_tcp_check():
+    reg = registration(spec(check=ConsulCheck("tcp", "127.0.0.1:8101", "10s", "5s")), OWNER, HOST)
+    tcp = reg.payload(PASSING)["Checks"][1]
+    assert tcp["CheckID"] == f"{reg.service_id}:tcp"
+    assert tcp["TCP"] == "127.0.0.1:8101"
+
+
+def test_check_none_has_no_ttl_check():
+    reg = registration(spec(ttl_check=False), OWNER, HOST)
+    assert reg.ttl_check_id is None
+    assert reg.payload(PASSING)["Checks"] == []
+
+
+# -- fingerprint -------------------------------------------------------------------------
+
+
+def test_fingerprint_is_stable():
+    assert registration(spec(), OWNER, HOST).fingerprint == registration(spec(), OWNER, HOST).fingerprint
+
+
+@pytest.mark.parametrize("change", [
+    {"port": 8102},
+    {"tags": ("x",)},
+    {"meta": (("Version", "2"),)},
+    {"check": ConsulCheck("http", "http://127.0.0.1:8101/health", "10s", "5s")},
+    {"ttl_check": False},
+    {"ttl": "30s"},
+    {"deregister_after": "10m"},
+    {"address": "10.0.0.5"},
+    {"name": "api"},
+])
+def test_fingerprint_changes_with_the_registration(change):
+    assert registration(spec(**change), OWNER, HOST).fingerprint != registration(spec(), OWNER, HOST).fingerprint
+
+
+@pytest.mark.parametrize("change", [{"on_fatal": "critical"}, {"exitcodes": (0, 2)}])
+def test_fingerprint_ignores_what_is_not_registered(change):
+    assert registration(spec(**change), OWNER, HOST).fingerprint == registration(spec(), OWNER, HOST).fingerprint
+
+
+# -- ownership ----------------------------------------------------------------------------
+
+
+def test_owner_id():
+    assert owner_id("node1", "/etc/supervisord.conf", "supervisor") == owner_id("node1", "/etc/supervisord.conf",
+                                                                                   "supervisor")
+    assert owner_id("node1", "/etc/supervisord.conf", "supervisor") != owner_id("node1", "/srv/supervisord.conf",
+                                                                                   "supervisor")
+    assert owner_id("node1", "/etc/supervisord.conf", "supervisor") != owner_id("node2", "/etc/supervisord.conf",
+                                                                                   "supervisor")
+
+
+def test_is_owned_needs_id_and_meta():
+    ours = {"ID": f"supervisord:{OWNER}:web", "Meta": {"supervisor-consul-owner": OWNER}}
+    assert is_owned(ours, OWNER)
+    assert not is_owned({**ours, "Meta": {}}, OWNER)
+    assert not is_owned({**ours, "Meta": None}, OWNER)
+    assert not is_owned({**ours, "Meta": {"supervisor-consul-owner": "someone"}}, OWNER)
+    assert not is_owned({**ours, "ID": "web"}, OWNER)
+    assert not is_owned({**ours, "ID": f"supervisord:{OWNER}x:web"}, OWNER)
+    assert not is_owned({**ours, "ID": f"supervisord:other:web"}, OWNER)
+
+
+# -- plan --------------------------------------------------------------------------------------
+
+
+def desired(reg, wanted) -> dict[str, Desired]:
+    return {reg.service_id: Desired(reg, wanted)}
+
+
+def test_missing_is_registered():
+    reg = registration(spec(), OWNER, HOST)
+    assert plan(desired(reg, PASS), {}, 100.0, complete=True) == [Register(reg, PASS, CRITICAL)]
+
+
+def test_missing_without_ttl_check_registers_without_health():
+    reg = registration(spec(ttl_check=False), OWNER, HOST)
+    assert plan(desired(reg, PASS), {}, 100.0, complete=True) == [Register(reg, None, CRITICAL)]
+
+
+def test_in_step_sends_nothing_until_the_heartbeat_is_due():
+    reg = registration(spec(), OWNER, HOST)  # ttl 15s: a heartbeat every 5s
+    actual = {reg.service_id: actual_for(reg, updated_at=100.0)}
+
+    assert plan(desired(reg, PASS), actual, 100.0, complete=True) == []
+    assert plan(desired(reg, PASS), actual, 104.9, complete=True) == []
+    assert plan(desired(reg, PASS), actual, 105.0, complete=True) == [
+        UpdateTTL(reg.service_id, reg.ttl_check_id, PASS)]
+
+
+def test_no_heartbeat_without_ttl_check():
+    reg = registration(spec(ttl_check=False), OWNER, HOST)
+    actual = {reg.service_id: actual_for(reg, status=None, output=None, updated_at=0.0)}
+    assert plan(desired(reg, PASS), actual, 10_000.0, complete=True) == []
+
+
+@pytest.mark.parametrize("status, output", [(CRITICAL, "RUNNING pid 42"), (PASSING, "RUNNING pid 41"),
+                                            (None, None)])
+def test_status_or_note_change_is_an_update_only(status, output):
+    reg = registration(spec(), OWNER, HOST)
+    actual = {reg.service_id: actual_for(reg, status=status, output=output)}
+    assert plan(desired(reg, PASS), actual, 100.0, complete=True) == [
+        UpdateTTL(reg.service_id, reg.ttl_check_id, PASS)]
+
+
+def test_changed_fingerprint_registers_again_keeping_the_status():
+    reg = registration(spec(), OWNER, HOST)
+    actual = {reg.service_id: actual_for(reg, status=PASSING, fingerprint="old")}
+    assert plan(desired(reg, PASS), actual, 100.0, complete=True) == [Register(reg, PASS, PASSING)]
+
+
+def test_missing_check_registers_again():
+    reg = registration(spec(check=ConsulCheck("http", "http://127.0.0.1:8101/", "10s", "5s")), OWNER, HOST)
+    actual = {reg.service_id: actual_for(reg, checks=frozenset({reg.ttl_check_id}))}
+    assert plan(desired(reg, PASS), actual, 100.0, complete=True) == [Register(reg, PASS, PASSING)]
+
+
+def test_unwanted_is_deregistered_only_if_present():
+    reg = registration(spec(), OWNER, HOST)
+    assert plan(desired(reg, None), {}, 100.0, complete=True) == []
+    actual = {reg.service_id: actual_for(reg)}
+    assert plan(desired(reg, None), actual, 100.0, complete=True) == [Deregister(reg.service_id)]
+    assert plan(desired(reg, None), actual, 100.0, complete=False) == [Deregister(reg.service_id)]
+
+
+def test_keep_heartbeats_with_what_consul_has():
+    reg = registration(spec(), OWNER, HOST)
+    actual = {reg.service_id: actual_for(reg, status=CRITICAL, output="EXITED unexpectedly", updated_at=100.0)}
+
+    assert plan(desired(reg, KEEP), actual, 101.0, complete=True) == []
+    assert plan(desired(reg, KEEP), actual, 105.0, complete=True) == [
+        UpdateTTL(reg.service_id, reg.ttl_check_id, Health(CRITICAL, "EXITED unexpectedly"))]
+
+
+def test_keep_never_registers():
+    reg = registration(spec(), OWNER, HOST)
+    assert plan(desired(reg, KEEP), {}, 100.0, complete=True) == []
+    stale = {reg.service_id: actual_for(reg, fingerprint="old", updated_at=100.0)}
+    assert all(not isinstance(op, Register) for op in plan(desired(reg, KEEP), stale, 1000.0, complete=True))
+    unknown_status = {reg.service_id: actual_for(reg, status=None, output=None)}
+    assert plan(desired(reg, KEEP), unknown_status, 1000.0, complete=True) == []
+
+
+def test_complete_removes_owned_instances_not_desired():
+    reg = registration(spec(), OWNER, HOST)
+    gone = registration(spec(namespec="old", group="old", process="old", name="old"), OWNER, HOST)
+    actual = {reg.service_id: actual_for(reg), gone.service_id: actual_for(gone)}
+
+    assert plan(desired(reg, PASS), actual, 101.0, complete=True) == [Deregister(gone.service_id)]
+    assert plan(desired(reg, PASS), actual, 101.0, complete=False) == []
+
+
+def test_several_instances():
+    one = registration(spec(), OWNER, HOST)
+    two = registration(spec(namespec="web:web_02", process="web_02", port=8102), OWNER, HOST)
+    wanted = {one.service_id: Desired(one, PASS), two.service_id: Desired(two, FAIL)}
+    actual = {one.service_id: actual_for(one, updated_at=100.0)}
+
+    assert plan(wanted, actual, 101.0, complete=True) == [Register(two, FAIL, CRITICAL)]

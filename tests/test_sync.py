@@ -1,0 +1,356 @@
+"""Sync: the sync loop, with a fake agent, a fake supervisord and fake clocks."""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import pytest
+
+from supervisor_consul import plan
+from supervisor_consul.agent import ConsulError
+from supervisor_consul.config import Configuration, ServiceSpec
+from supervisor_consul.events import GroupsChanged, ProcessStateChange, SupervisorStateChange
+from supervisor_consul.health import CRITICAL, PASSING, Health
+from supervisor_consul.plan import Actual
+from supervisor_consul.rpc import SupervisorError
+from supervisor_consul.sync import Inbox, Sync
+
+CONFIGFILE = "/etc/supervisor/supervisord.conf"
+HOST = "node1"
+OWNER = plan.owner_id(HOST, CONFIGFILE, "supervisor")
+UNREACHABLE = "Consul agent at http://127.0.0.1:8500 is unreachable (connection refused); is it running? retrying"
+
+
+def sid(namespec: str, owner: str = OWNER) -> str:
+    return plan.service_id(owner, namespec)
+
+
+class Clock:
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeAgent:
+    """The agent adapter's interface; keeps what was registered and records every write."""
+
+    endpoint = "http://127.0.0.1:8500"
+
+    def __init__(self) -> None:
+        self.services: dict[str, Actual] = {}  # what read_owned returns: our instances only
+        self.foreign: dict[str, dict] = {}  # someone else's; read_owned never returns them
+        self.writes: list[tuple] = []
+        self.reads = 0
+        self.unreachable = False
+
+    def _answer(self) -> None:
+        if self.unreachable:
+            raise ConsulError(UNREACHABLE, unreachable=True)
+
+    def read_owned(self, owner: str) -> dict[str, Actual]:
+        self.reads += 1
+        self._answer()
+        return {k: v for k, v in self.services.items() if k.startswith(f"supervisord:{owner}:")}
+
+    def register(self, registration, health, initial=CRITICAL) -> None:
+        self._answer()
+        self.writes.append(("register", registration.service_id, health, initial))
+        checks = frozenset(dict(c)["CheckID"] for c in registration.checks)
+        self.services[registration.service_id] = Actual(
+            registration.service_id, registration.fingerprint, checks,
+            health.status if health else initial, health.note if health else None)
+
+    def update_ttl(self, check_id: str, health: Health) -> None:
+        self._answer()
+        self.writes.append(("update_ttl", check_id, health))
+        service_id = check_id.rsplit(":", 1)[0]
+        self.services[service_id] = replace(self.services[service_id], status=health.status, output=health.note)
+
+    def deregister(self, service_id: str) -> None:
+        self._answer()
+        self.writes.append(("deregister", service_id))
+        self.services.pop(service_id, None)
+
+
+class FakeSupervisor:
+    url = "unix:///run/supervisor.sock"
+
+    def __init__(self, wall: Clock) -> None:
+        self.wall = wall
+        self.infos: dict[str, dict] = {}
+        self.down = False
+        self.stopping = False
+
+    def set(self, namespec: str, statename: str, pid: int = 0, exitstatus: int = 0) -> None:
+        group, _, name = namespec.rpartition(":")
+        self.infos[namespec] = {"name": name, "group": group or name, "statename": statename, "pid": pid,
+                                "start": self.wall() - 10, "stop": self.wall() if pid == 0 else 0,
+                                "exitstatus": exitstatus, "spawnerr": "", "description": ""}
+
+    def _info(self, namespec: str) -> dict:
+        return {**self.infos[namespec], "now": self.wall()}
+
+    def all_process_info(self) -> list[dict]:
+        if self.down:
+            raise SupervisorError(f"supervisord at {self.url} cannot be reached for getAllProcessInfo: refused")
+        return [self._info(namespec) for namespec in self.infos]
+
+    def process_info(self, namespec: str) -> dict:
+        if self.down:
+            raise SupervisorError(f"supervisord at {self.url} cannot be reached for getProcessInfo: refused")
+        return self._info(namespec)
+
+    def is_stopping(self) -> bool:
+        return self.stopping
+
+
+def service(namespec: str, **overrides) -> ServiceSpec:
+    group, _, process = namespec.rpartition(":")
+    return ServiceSpec(**{"namespec": namespec, "group": group or process, "process": process,
+                          "name": group or process, **overrides})
+
+
+class World:
+    """A Sync wired to fakes, with helpers to drive it."""
+
+    def __init__(self, *specs: ServiceSpec) -> None:
+        self.wall = Clock(1_800_000_000.0)
+        self.monotonic = Clock(10_000.0)
+        self.agent = FakeAgent()
+        self.supervisor = FakeSupervisor(self.wall)
+        self.configuration = Configuration(CONFIGFILE, services={s.namespec: s for s in specs})
+        self.sync = Sync(self.agent, CONFIGFILE, HOST, Inbox(),
+                         read_config=lambda path: self.configuration,
+                         supervisor_factory=lambda configuration: self.supervisor,
+                         wall=self.wall, monotonic=self.monotonic)
+
+    def round(self) -> None:
+        self.sync.reconcile()
+        self.sync.converge()
+
+    def deliver(self, *hints) -> None:
+        """Post hints and let Sync.run() take them: run() loops until its inbox is
+        closed, so close it after the hints and run() returns once they are done."""
+        self.sync.inbox = inbox = Inbox()
+        for hint in hints:
+            inbox.post(hint)
+        inbox.close()
+        self.sync.run()
+
+    def take_writes(self) -> list[tuple]:
+        writes, self.agent.writes = self.agent.writes, []
+        return writes
+
+
+@pytest.fixture
+def world() -> World:
+    w = World(service("web"))
+    w.supervisor.set("web", "RUNNING", pid=42)
+    return w
+
+
+RUNNING_42 = Health(PASSING, "RUNNING pid 42")
+
+
+def test_running_process_registered_once(world):
+    world.round()
+    assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL)]
+
+    world.sync.converge()
+    world.sync.converge()
+    assert world.take_writes() == []
+
+
+def test_heartbeat_every_third_of_the_ttl(world):
+    world.round()
+    world.take_writes()
+
+    world.monotonic.advance(4.9)
+    world.sync.converge()
+    assert world.take_writes() == []
+
+    world.monotonic.advance(0.1)  # 15s / 3
+    world.sync.converge()
+    assert world.take_writes() == [("update_ttl", f"{sid('web')}:process", RUNNING_42)]
+
+    world.sync.converge()
+    assert world.take_writes() == []
+
+
+def test_a_reconcile_owes_no_extra_heartbeat(world):
+    world.round()
+    world.take_writes()
+    world.monotonic.advance(1)
+    world.round()  # re-reads the agent, which cannot say when the check was written
+    assert world.take_writes() == []
+    world.monotonic.advance(4)  # 15s / 3 since the registration
+    world.sync.converge()
+    assert world.take_writes() == [("update_ttl", f"{sid('web')}:process", RUNNING_42)]
+
+
+def test_run_reconciles_first_and_returns_when_the_inbox_is_closed(world):
+    world.deliver()
+    assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL)]
+
+
+def test_exited_hint_makes_it_critical(world):
+    world.round()
+    world.take_writes()
+    world.supervisor.set("web", "EXITED", exitstatus=1)
+
+    world.deliver(ProcessStateChange("web", "EXITED", "RUNNING", 42, expected=False))
+
+    assert world.take_writes() == [
+        ("update_ttl", f"{sid('web')}:process", Health(CRITICAL, "EXITED unexpectedly with exit status 1"))]
+
+
+def test_exited_then_starting_stays_critical_and_running_passes_again(world):
+    world.round()
+    world.take_writes()
+    world.supervisor.set("web", "EXITED", exitstatus=1)
+    world.deliver(ProcessStateChange("web", "EXITED", "RUNNING", 42, expected=False),
+                  ProcessStateChange("web", "STARTING", "EXITED"))
+    assert world.take_writes() == [
+        ("update_ttl", f"{sid('web')}:process", Health(CRITICAL, "EXITED unexpectedly with exit status 1"))]
+
+    world.supervisor.set("web", "RUNNING", pid=43)
+    world.deliver(ProcessStateChange("web", "RUNNING", "STARTING", 43))
+    assert world.take_writes() == [("update_ttl", f"{sid('web')}:process", Health(PASSING, "RUNNING pid 43"))]
+
+
+def test_stopped_hint_deregisters(world):
+    world.round()
+    world.take_writes()
+    world.deliver(ProcessStateChange("web", "STOPPING", "RUNNING", 42),
+                  ProcessStateChange("web", "STOPPED", "STOPPING", 42))
+    assert world.take_writes() == [("deregister", sid("web"))]
+
+
+def test_agent_unreachable_is_logged_once_and_converges_when_it_answers(world, caplog):
+    caplog.set_level(logging.INFO, logger="supervisor_consul")
+    world.agent.unreachable = True
+
+    for _ in range(4):
+        assert world.sync.reconcile() is False  # no exception
+        world.sync.converge()
+        world.monotonic.advance(5)
+
+    assert [r.getMessage() for r in caplog.records].count(UNREACHABLE) == 1
+    assert world.agent.reads == 4
+    assert world.take_writes() == []
+
+    world.agent.unreachable = False
+    world.round()
+
+    assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL)]
+    assert sum("answers again" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_agent_going_away_while_writing(world, caplog):
+    world.round()
+    world.take_writes()
+    world.agent.unreachable = True
+    world.monotonic.advance(5)
+
+    world.sync.converge()  # the heartbeat fails: no exception
+    world.sync.converge()  # the state is unknown now: nothing is tried
+    assert world.sync.actual is None
+    assert [r.getMessage() for r in caplog.records].count(UNREACHABLE) == 1
+
+    world.agent.unreachable = False
+    world.monotonic.advance(5)
+    world.round()
+    assert world.take_writes() == [("update_ttl", f"{sid('web')}:process", RUNNING_42)]
+
+
+def test_run_retries_the_agent_with_backoff(world):
+    world.agent.unreachable = True
+    world.deliver()
+    assert world.agent.reads == 1
+
+    world.agent.unreachable = False
+    world.deliver(GroupsChanged("web"))  # the backoff has not passed: no reconcile yet
+    assert world.agent.reads == 1
+
+    world.monotonic.advance(1.0)
+    world.deliver()
+    assert world.agent.reads == 2
+    assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL)]
+
+
+def test_owned_instance_of_a_process_gone_is_deregistered(world):
+    gone = plan.registration(service("old"), OWNER, HOST)
+    world.agent.services[gone.service_id] = Actual(gone.service_id, gone.fingerprint,
+                                                   frozenset({f"{gone.service_id}:process"}), PASSING, "RUNNING pid 7")
+    world.round()
+    assert sorted(world.take_writes()) == [("deregister", sid("old")), ("register", sid("web"), RUNNING_42, CRITICAL)]
+
+
+def test_instance_of_a_program_no_longer_configured_is_deregistered(world):
+    world.round()
+    world.take_writes()
+    world.configuration = Configuration(CONFIGFILE, services={})  # [consul:web] removed
+
+    world.round()
+
+    assert world.take_writes() == [("deregister", sid("web"))]
+
+
+def test_nothing_removed_when_supervisord_cannot_be_read(world):
+    gone = plan.registration(service("old"), OWNER, HOST)
+    world.agent.services[gone.service_id] = Actual(gone.service_id, gone.fingerprint,
+                                                   frozenset({f"{gone.service_id}:process"}), PASSING, "RUNNING pid 7")
+    world.supervisor.down = True
+
+    world.round()
+
+    assert world.take_writes() == []
+
+
+def test_foreign_instances_are_never_touched(world):
+    other_owner = "fedcba987654"
+    world.agent.services[sid("web", other_owner)] = Actual(sid("web", other_owner), "x", frozenset(), PASSING, "")
+    world.agent.foreign["web-1"] = {"ID": "web-1", "Service": "web"}
+
+    world.round()
+    world.supervisor.set("web", "STOPPED")
+    world.round()
+
+    writes = world.take_writes()
+    assert writes == [("register", sid("web"), RUNNING_42, CRITICAL), ("deregister", sid("web"))]
+    assert all(w[1].startswith(f"supervisord:{OWNER}:") for w in writes)
+    assert sid("web", other_owner) in world.agent.services
+
+
+def test_numprocs_instances():
+    w = World(service("web:web_01", port=8101), service("web:web_02", port=8102))
+    w.supervisor.set("web:web_01", "RUNNING", pid=1)
+    w.supervisor.set("web:web_02", "BACKOFF")
+    w.supervisor.set("unregistered", "RUNNING", pid=3)  # a program without [consul:…]
+
+    w.round()
+
+    assert sorted(w.take_writes()) == [
+        ("register", sid("web:web_01"), Health(PASSING, "RUNNING pid 1"), CRITICAL),
+        ("register", sid("web:web_02"), Health(CRITICAL, "BACKOFF: exited too quickly, supervisord is retrying"),
+         CRITICAL),
+    ]
+
+
+def test_supervisord_stopping_deregisters_everything_at_the_end(world):
+    world.round()
+    world.take_writes()
+    world.deliver(SupervisorStateChange("STOPPING"))
+    assert world.take_writes() == [("deregister", sid("web"))]
+
+
+def test_closing_without_shutdown_leaves_instances(world):
+    world.round()
+    world.take_writes()
+    world.deliver()
+    assert world.take_writes() == []
