@@ -207,6 +207,24 @@ def _terminate(popen: subprocess.Popen, timeout: float) -> None:
         popen.wait(timeout=10)
 
 
+def _wait_started(proc: subprocess.Popen, ready: Callable[[], Any], timeout: float, what: str,
+                  tail: Callable[[], str]) -> None:
+    """Poll ready() until it is true; RuntimeError if proc exits first or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited early (rc={proc.returncode}); {tail()}")
+        try:
+            if ready():
+                return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            last = exc
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"{what} not ready after {timeout}s (last={last!r}); {tail()}")
+        time.sleep(0.05)
+
+
 def _tail(path: pathlib.Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -272,33 +290,13 @@ class ConsulAgent:
             stdin=subprocess.DEVNULL, cwd=str(self.workdir))
 
         def ready():
-            if self._proc.poll() is not None:
-                raise _Exited(self._proc.returncode)
-            leader = self._get("/v1/status/leader", timeout=2)
-            if not leader:
-                return False
-            return bool(self._get("/v1/agent/self", timeout=2))
+            return self._get("/v1/status/leader", timeout=2) and self._get("/v1/agent/self", timeout=2)
 
-        deadline = time.monotonic() + 30
-        last: Any = None
-        while True:
-            try:
-                if ready():
-                    return
-            except _Exited as exc:
-                self._close_log()
-                self._proc = None
-                raise RuntimeError(
-                    f"consul agent exited early (rc={exc.rc}); log tail:\n"
-                    f"{_tail(self.log_path)}") from None
-            except Exception as exc:  # noqa: BLE001
-                last = exc
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise RuntimeError(
-                    f"consul agent not ready after 30s (last={last!r}); log tail:\n"
-                    f"{_tail(self.log_path)}")
-            time.sleep(0.05)
+        try:
+            _wait_started(self._proc, ready, 30, "consul agent", lambda: f"log tail:\n{_tail(self.log_path)}")
+        except RuntimeError:
+            self.stop()
+            raise
 
     def _close_log(self) -> None:
         if self._log is not None:
@@ -361,14 +359,6 @@ class ConsulAgent:
         self.stop()
 
 
-class _Exited(Exception):
-    def __init__(self, rc: int) -> None:
-        super().__init__(rc)
-        self.rc = rc
-
-
-# --------------------------------------------------------------- supervisord
-
 class Supervisord:
     """A real supervisord (from this Python's environment) in its own directory."""
 
@@ -428,29 +418,13 @@ class Supervisord:
             env=full_env, cwd=str(self.workdir), stdin=subprocess.DEVNULL,
             stdout=self._out, stderr=subprocess.STDOUT)
 
-        deadline = time.monotonic() + 20
-        last: Any = None
-        while True:
-            if self._proc.poll() is not None:
-                rc = self._proc.returncode
-                self._proc = None
-                self._close_out()
-                raise RuntimeError(
-                    f"supervisord exited early (rc={rc}); output:\n{_tail(self.outfile)}\n"
-                    f"log tail:\n{_tail(self.logfile)}")
-            try:
-                state = self.rpc().supervisor.getState()
-                if state.get("statename") == "RUNNING":
-                    return
-                last = state
-            except Exception as exc:  # noqa: BLE001
-                last = exc
-            if time.monotonic() >= deadline:
-                self.cleanup()
-                raise RuntimeError(
-                    f"supervisord not RUNNING after 20s (last={last!r}); log tail:\n"
-                    f"{_tail(self.logfile)}")
-            time.sleep(0.05)
+        try:
+            _wait_started(self._proc, lambda: self.rpc().supervisor.getState().get("statename") == "RUNNING",
+                          20, "supervisord",
+                          lambda: f"output:\n{_tail(self.outfile)}\nlog tail:\n{_tail(self.logfile)}")
+        except RuntimeError:
+            self.cleanup()
+            raise
 
     def rpc(self) -> xmlrpc.client.ServerProxy:
         from supervisor.xmlrpc import SupervisorTransport
