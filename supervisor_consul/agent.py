@@ -8,6 +8,7 @@ as the Consul CLI resolves it, and handed to the client explicitly.
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,9 +27,15 @@ TIMEOUT = 5.0  # seconds; the sync loop must never hang on a dead agent
 class ConsulError(Exception):
     """The agent refused or could not be reached; the message is one line for the log."""
 
-    def __init__(self, message: str, unreachable: bool = False) -> None:
+    def __init__(self, message: str, unreachable: bool = False, status: int | None = None) -> None:
         super().__init__(message)
         self.unreachable = unreachable
+        self.status = status  # the HTTP status the agent answered, when it answered
+
+    @property
+    def lost(self) -> bool:
+        """The agent no longer has what we wrote (it restarted): 404, or 500 on 1.8."""
+        return self.status is not None and (self.status == 404 or self.status >= 500)
 
 
 class SettingError(ValueError):
@@ -142,7 +149,7 @@ class Agent:
     def register(self, registration: Registration, health: Health | None, initial: str = CRITICAL) -> None:
         payload = registration.payload(initial)
         checks = payload["Checks"]
-        self._call(f"PUT /v1/agent/service/register ({registration.name})", self.client.agent.service.register,
+        self._write(f"PUT /v1/agent/service/register ({registration.name})", self.client.agent.service.register,
                    registration.name, service_id=registration.service_id, address=registration.address or None,
                    port=registration.port or None, tags=payload["Tags"], meta=payload["Meta"],
                    check=checks[0] if checks else None, extra_checks=checks[1:],
@@ -152,24 +159,31 @@ class Agent:
 
     def update_ttl(self, check_id: str, health: Health, service: str = "") -> None:
         update = self.client.agent.check.ttl_pass if health.status == PASSING else self.client.agent.check.ttl_fail
-        self._call(f"PUT /v1/agent/check/{'pass' if health.status == PASSING else 'fail'} ({check_id})",
-                   update, check_id, health.note, service=service)
+        self._write(f"PUT /v1/agent/check/{'pass' if health.status == PASSING else 'fail'} ({check_id})",
+                    update, check_id, health.note, service=service)
 
-    def deregister(self, service_id: str) -> None:
-        self._call(f"PUT /v1/agent/service/deregister ({service_id})", self.client.agent.service.deregister,
-                   service_id)
+    def deregister(self, service_id: str, service: str = "") -> None:
+        self._write(f"PUT /v1/agent/service/deregister ({service_id})", self.client.agent.service.deregister,
+                    service_id, service=service)
 
-    def _call(self, what: str, function: Any, *args: Any, service: str = "", **kwargs: Any) -> Any:
+    def _write(self, what: str, function: Any, *args: Any, service: str = "", **kwargs: Any) -> None:
+        # py-consul answers a 404 with False rather than an exception.
+        if self._call(what, function, *args, need=f"service:write on {service or 'the service'}", **kwargs) is False:
+            raise ConsulError(f"Consul agent at {self.endpoint} answered {what}: 404 not found", status=404)
+
+    def _call(self, what: str, function: Any, *args: Any, need: str = "service:read and node:read",
+              **kwargs: Any) -> Any:
         try:
             return function(*args, **kwargs)
         except consul.ACLPermissionDenied as exc:
-            need = f"service:write on {service!r}" if service else "service:read and node:read"
             raise ConsulError(f"Consul agent at {self.endpoint} refused {what}: 403 {_text(exc)}; "
-                              f"the token needs {need}") from exc
+                              f"the token needs {need}", status=403) from exc
         except consul.ACLDisabled as exc:
-            raise ConsulError(f"Consul agent at {self.endpoint} refused {what}: 401 {_text(exc)}") from exc
+            raise ConsulError(f"Consul agent at {self.endpoint} refused {what}: 401 {_text(exc)}",
+                              status=401) from exc
         except consul.ConsulException as exc:
-            raise ConsulError(f"Consul agent at {self.endpoint} refused {what}: {_text(exc)}") from exc
+            raise ConsulError(f"Consul agent at {self.endpoint} refused {what}: {_text(exc)}",
+                              status=_status(exc)) from exc
         except requests.exceptions.SSLError as exc:
             raise ConsulError(f"TLS with the Consul agent at {self.endpoint} failed: {_reason(exc)}; check "
                               f"--ca-file/CONSUL_CACERT and the client certificate", unreachable=True) from exc
@@ -179,6 +193,14 @@ class Agent:
         except requests.exceptions.RequestException as exc:
             raise ConsulError(f"Consul agent at {self.endpoint} is unreachable ({_reason(exc)}); "
                               f"is it running? retrying", unreachable=True) from exc
+
+
+def _status(exc: Exception) -> int | None:
+    """py-consul puts the status first in 4xx/5xx messages ("500 CheckID … does not have associated TTL")."""
+    if isinstance(exc, consul.NotFound):
+        return 404
+    match = re.match(r"\s*(\d{3})\b", str(exc))
+    return int(match[1]) if match else 500
 
 
 def _text(exc: Exception) -> str:

@@ -121,8 +121,8 @@ def _run_sync(sync: Sync) -> None:
         os._exit(70)
 
 
-class _Terminated(Exception):
-    pass
+class _Terminated(BaseException):
+    """Not an Exception: no `except Exception` on the way may swallow SIGTERM."""
 
 
 def _terminate(*_: object) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import supervisor.options as supervisor_options
+from supervisor.datatypes import dict_of_key_value_pairs
 from supervisor.options import ServerOptions, expand
 
 from . import durations
@@ -35,6 +36,7 @@ DEFAULTS = {
     "on_fatal": "deregister",
 }
 ON_FATAL = ("deregister", "critical")
+MIN_TTL_SECONDS = 1
 # Meta keys we set ourselves; a user's meta may not shadow them.
 RESERVED_META = ("external-source", "supervisor-consul-owner", "supervisor-consul-spec",
                  "supervisord-group", "supervisord-process", "supervisord-host")
@@ -128,7 +130,7 @@ def read(configfile: str) -> Configuration:
         return Configuration(configfile, readable=False,
                              problems=(Problem(configfile, "", None, None,
                                                "supervisord cannot read this configuration: "
-                                               + " ".join(str(exc).split())),))
+                                               + _short(exc)),))
     finally:
         options.close_poller()
     parser = options.parser
@@ -260,21 +262,28 @@ def _read_section(options: _Reader, parser: Any, section: str) -> tuple[list[Ser
                 for key in parser.options(section)
                 if key not in KEYS and not key.startswith(META_PREFIX)]
     specs = []
-    for group, process, expansions, exitcodes in _processes(options, parser, program, program_section):
-        spec = _spec(parser, section, group, process, expansions, exitcodes, problem, problems)
-        if spec is not None:
-            specs.append(spec)
+    try:
+        for group, process, expansions, exitcodes in _processes(options, parser, program, program_section):
+            spec = _spec(parser, section, group, process, expansions, exitcodes, problem, problems)
+            if spec is not None:
+                specs.append(spec)
+    except Exception as exc:  # whatever supervisord accepted, no one section may stop the listener
+        problems.append(problem(None, None, f"cannot be read: {_short(exc)}"))
+    if not specs and not problems:
+        problems.append(problem(None, None, f"supervisord runs no process of [{program_section}]; "
+                                            f"check its process_name and [group:*] programs="))
     return specs, problems
 
 
 def _processes(options: _Reader, parser: Any, program: str, program_section: str):
     """(group, process name, expansions, exitcodes) of every process of a program,
-    with the expansions supervisord used for that process."""
+    with the expansions supervisord used for that process (options.py
+    _processes_from_section: the program's environment= before process_name)."""
     group = program
     for section in parser.sections():
         if section.startswith("group:"):
-            members = [p.strip() for p in parser.get(section, "programs", fallback="").split(",")]
-            if program in members:
+            programs = parser.saneget(section, "programs", "", expansions={"here": options.here})
+            if program in (p.strip() for p in programs.split(",")):
                 group = section.split(":", 1)[1]
     configs = {(g.name, p.name): p for g in options.process_group_configs for p in g.process_configs}
     common = {"here": options.here, "program_name": program, "group_name": group,
@@ -282,15 +291,16 @@ def _processes(options: _Reader, parser: Any, program: str, program_section: str
     numprocs = int(parser.saneget(program_section, "numprocs", "1", expansions=common))
     start = int(parser.saneget(program_section, "numprocs_start", "0", expansions=common))
     template = parser.saneget(program_section, "process_name", "%(program_name)s", do_expand=False)
+    environment = parser.saneget(program_section, "environment", "", do_expand=False)
     for process_num in range(start, start + numprocs):
         expansions = {**common, "process_num": process_num, "numprocs": numprocs,
                       **options.environ_expansions}
-        name = expand(template, expansions, "process_name").strip()
+        program_env = dict_of_key_value_pairs(expand(environment, expansions, "environment"))
+        expansions.update({f"ENV_{k}": v for k, v in program_env.items()})
+        name = supervisor_options.process_or_group_name(expand(template, expansions, "process_name"))
         pconfig = configs.get((group, name))
-        if pconfig is None:
-            continue
-        expansions.update({f"ENV_{k}": v for k, v in pconfig.environment.items()})
-        yield group, name, expansions, tuple(pconfig.exitcodes)
+        if pconfig is not None:
+            yield group, name, expansions, tuple(pconfig.exitcodes)
 
 
 def _spec(parser: Any, section: str, group: str, process: str, expansions: dict[str, Any],
@@ -305,7 +315,7 @@ def _spec(parser: Any, section: str, group: str, process: str, expansions: dict[
         try:
             return parser.saneget(section, key, expansions={**expansions, **(extra or {})}).strip()
         except ValueError as exc:
-            problems.append(problem(key, raw, f"cannot expand: {exc}"))
+            problems.append(problem(key, raw, f"cannot expand: {_short(exc)}"))
             return None
 
     def given(key: str) -> bool:
@@ -322,7 +332,7 @@ def _spec(parser: Any, section: str, group: str, process: str, expansions: dict[
     port = 0
     port_text = get("port")
     if port_text:
-        if port_text.isdigit() and 0 < int(port_text) < 65536:
+        if re.fullmatch(r"[0-9]{1,5}", port_text) and 0 < int(port_text) < 65536:
             port = int(port_text)
         else:
             problems.append(problem("port", port_text, "port must be a number from 1 to 65535"))
@@ -367,6 +377,10 @@ def _spec(parser: Any, section: str, group: str, process: str, expansions: dict[
                                                        f"remove it or the line check = none"))
 
     ttl = _duration(get, "ttl", problem, problems, positive=True)
+    if ttl is not None and durations.seconds(ttl) < MIN_TTL_SECONDS:
+        problems.append(problem("ttl", ttl, f"ttl must be at least {MIN_TTL_SECONDS}s: the listener "
+                                            f"refreshes the check every ttl/3"))
+        ttl = None
     deregister_after = get("deregister_after", DEFAULTS["deregister_after"])
     if deregister_after is not None and deregister_after.lower() == "off":
         deregister_after = None
@@ -418,6 +432,11 @@ def _duration(get: Any, key: str, problem: Any, problems: list[Problem], positiv
         problems.append(problem(key, text, "must be more than zero"))
         return None
     return value
+
+
+def _short(exc: Exception) -> str:
+    """supervisor's expansion errors end with every ENV_ name there is: keep the point."""
+    return " ".join(str(exc).split(". Available names:")[0].split())
 
 
 def _has_problem(problems: list[Problem], since: int, key: str) -> bool:

@@ -50,6 +50,9 @@ class ProcessStatus:
 class Health:
     status: str
     note: str
+    # False for states that only pass through (STOPPING, BACKOFF): they update an
+    # instance that is registered but never register a new one.
+    registers: bool = True
 
 
 class _Keep:
@@ -119,9 +122,9 @@ def _health(status: ProcessStatus, spec: ServiceSpec) -> Wanted:
             return Health(CRITICAL, "FATAL: supervisord gave up starting it")
         return None
     if state == "STOPPING":
-        return Health(CRITICAL, f"STOPPING pid {status.pid}")
+        return Health(CRITICAL, f"STOPPING pid {status.pid}", registers=False)
     if state == "BACKOFF":
-        return Health(CRITICAL, "BACKOFF: exited too quickly, supervisord is retrying")
+        return Health(CRITICAL, "BACKOFF: exited too quickly, supervisord is retrying", registers=False)
     if state == "EXITED":
         how = "expectedly" if status.expected else "unexpectedly"
         code = f" with exit status {status.exitstatus}" if status.exitstatus is not None else ""

@@ -140,11 +140,13 @@ class UpdateTTL:
     service_id: str
     check_id: str
     health: Health
+    service: str = field(default="", compare=False)  # the service name, for error messages
 
 
 @dataclass(frozen=True)
 class Deregister:
     service_id: str
+    service: str = field(default="", compare=False)
 
 
 Operation = Register | UpdateTTL | Deregister
@@ -167,9 +169,11 @@ def plan(desired: dict[str, Desired], actual: dict[str, Actual], now: float, com
             continue
         if want.wanted is None:
             if have is not None:
-                operations.append(Deregister(sid))
+                operations.append(Deregister(sid, want.registration.name))
             continue
         assert isinstance(want.wanted, Health)
+        if have is None and not want.wanted.registers:
+            continue  # a passing moment (STOPPING, BACKOFF) of something never registered
         if have is None or not _same_registration(want.registration, have):
             initial = (have.status if have is not None else None) or CRITICAL
             operations.append(Register(want.registration, want.wanted if want.registration.ttl_check_id else None,
@@ -190,5 +194,5 @@ def _heartbeat(registration: Registration, have: Actual, health: Health, now: fl
     assert registration.ttl_check_id is not None
     stale = now - have.updated_at >= registration.ttl_seconds / HEARTBEATS_PER_TTL
     if stale or (have.status, have.output) != (health.status, health.note):
-        return [UpdateTTL(registration.service_id, registration.ttl_check_id, health)]
+        return [UpdateTTL(registration.service_id, registration.ttl_check_id, health, registration.name)]
     return []

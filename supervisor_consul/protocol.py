@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -40,12 +41,15 @@ class Event:
         return self.headers.get("serial", "")
 
 
+# supervisord writes `ver:3.0 server:ID serial:N pool:P poolserial:N eventname:E len:N`;
+# the [supervisord] identifier behind `server:` may contain spaces, so no split().
+_HEADER_FIELD = re.compile(r"(?:^|\s)([a-z]+):(\S*)")
+
+
 def parse_header(line: str) -> dict[str, str]:
-    try:
-        headers = dict(token.split(":", 1) for token in line.split())
-        int(headers["len"])
-    except (ValueError, KeyError) as exc:
-        raise MalformedHeader(f"unreadable event header {line[:200]!r}") from exc
+    headers = dict(_HEADER_FIELD.findall(line))
+    if not headers.get("len", "").isdigit() or not line.endswith("\n"):
+        raise MalformedHeader(f"unreadable event header {line[:200]!r}")
     return headers
 
 

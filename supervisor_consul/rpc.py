@@ -7,11 +7,13 @@ them) or else from the server section of the configuration.
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import xmlrpc.client
 from collections.abc import Mapping
 from typing import Any
+from xml.parsers.expat import ExpatError
 
 from supervisor import childutils
 from supervisor.xmlrpc import Faults
@@ -84,7 +86,8 @@ class Supervisor:
             raise SupervisorError(f"supervisord at {self.url} refused {method}: {exc.errcode} {exc.errmsg}{hint}") from exc
         except xmlrpc.client.Fault as exc:
             raise SupervisorError(f"supervisord at {self.url} answered {method}: {exc.faultString}") from exc
-        except OSError as exc:
-            raise SupervisorError(f"supervisord at {self.url} cannot be reached for {method}: {exc}") from exc
+        except (OSError, ValueError, http.client.HTTPException, ExpatError) as exc:
+            raise SupervisorError(f"supervisord at {self.url} cannot be reached for {method}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
         finally:
             socket.setdefaulttimeout(previous)

@@ -12,6 +12,7 @@ remembering what failed: the next reconcile starts from fresh reads.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter, deque
@@ -149,7 +150,9 @@ class Sync:
                 return
 
     def _wait(self) -> float:
-        return max(0.0, min(IDLE_WAKEUP, self._reconcile_at - self._monotonic()))
+        heartbeat = min((r.ttl_seconds / plan.HEARTBEATS_PER_TTL for r in self.registrations.values()
+                         if r.ttl_check_id), default=IDLE_WAKEUP)
+        return max(0.0, min(IDLE_WAKEUP, heartbeat, self._reconcile_at - self._monotonic()))
 
     # -- desired state --------------------------------------------------------
 
@@ -199,7 +202,8 @@ class Sync:
             log.info("%s: every [consul:*] section is valid now", self.configfile)
         self._logged_problems = new_problems
         if self.configuration is None:
-            self.owner = plan.owner_id(self.host, configuration.configfile, configuration.identifier)
+            self.owner = plan.owner_id(self.host, os.path.realpath(configuration.configfile),
+                                       configuration.identifier)
             log.info("reading %s: %d processes to register; owner id %s", configuration.configfile,
                      len(configuration.services), self.owner)
         self.configuration = configuration
@@ -303,30 +307,29 @@ class Sync:
                      f" ({wanted.status}: {wanted.note})" if wanted else "")
         elif isinstance(operation, UpdateTTL):
             have = self.actual[operation.service_id]
-            self.agent.update_ttl(operation.check_id, operation.health)
+            self.agent.update_ttl(operation.check_id, operation.health, operation.service)
             if (have.status, have.output) != (operation.health.status, operation.health.note):
                 log.info("%s is %s: %s", operation.service_id, operation.health.status, operation.health.note)
             self.actual[operation.service_id] = replace(have, status=operation.health.status,
                                                         output=operation.health.note, updated_at=self._monotonic())
         else:
-            self.agent.deregister(operation.service_id)
+            self.agent.deregister(operation.service_id, operation.service)
             self.actual.pop(operation.service_id, None)
             log.info("deregistered %s", operation.service_id)
         self._retry_at.pop(operation.service_id, None)
         self.conditions.clear(f"op:{operation.service_id}", f"{operation.service_id}: the agent accepts it again")
 
     def _operation_failed(self, operation: Operation, exc: ConsulError) -> None:
-        """One instance refused: the others go on; this one is retried with backoff."""
+        """One instance refused: the others go on; this one is retried later."""
         sid = operation.service_id
-        self._retry_at[sid] = self._monotonic() + REFUSED_RETRY
-        if isinstance(operation, UpdateTTL):
-            # Most often the agent lost the registration (it restarted): read it afresh.
+        if isinstance(operation, UpdateTTL) and exc.lost:
+            # The agent lost the check (it restarted): read it afresh, quietly.
             assert self.actual is not None
             self.actual.pop(sid, None)
-            self._retry_at.pop(sid, None)
             self._reconcile_at = min(self._reconcile_at, self._monotonic() + BACKOFF_FIRST)
             log.debug("%s; reconciling", exc)
             return
+        self._retry_at[sid] = self._monotonic() + REFUSED_RETRY
         self.conditions.report(f"op:{sid}", f"{exc}; retrying every {REFUSED_RETRY:g}s")
 
     def _agent_failed(self, exc: ConsulError) -> None:

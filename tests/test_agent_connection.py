@@ -201,3 +201,13 @@ def test_agent_client_address_and_tls():
     assert agent.client.http.verify == "/ca.pem"
     assert agent.client.http.cert == ("/c.pem", "/k.pem")
     assert agent.client.http.session.trust_env is False
+
+
+def test_a_404_answer_is_an_error_not_a_success(mocker):
+    from supervisor_consul import agent
+    from supervisor_consul.health import Health
+    client = agent.Agent(agent.connection(http_addr="127.0.0.1:1", env={}))
+    mocker.patch.object(client.client.agent.check, "ttl_pass", return_value=False)
+    with pytest.raises(agent.ConsulError) as raised:
+        client.update_ttl("x:process", Health("passing", "RUNNING pid 1"), "web")
+    assert raised.value.status == 404 and raised.value.lost

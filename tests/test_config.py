@@ -331,3 +331,40 @@ def test_check_command_unreadable(tmp_path, capsys):
     path = write(tmp_path, "garbage line\n" + program("web"))
     assert cli.main(["check", "-c", path]) == 1
     assert "cannot read" in capsys.readouterr().out
+
+
+# -- what supervisord accepts never stops the listener ------------------------------
+
+
+def test_process_name_using_the_programs_own_environment(tmp_path):
+    # supervisord expands process_name after adding the program's environment=.
+    path = write(tmp_path, program("api", 'environment=SUF="x"\nprocess_name=api_%(ENV_SUF)s_%(process_num)d\n'
+                                          "numprocs=2\n") + "[consul:api]\nport=80%(process_num)d\n")
+    configuration = config.read(path)
+    assert configuration.problems == ()
+    assert sorted(configuration.services) == ["api:api_x_0", "api:api_x_1"]
+
+
+def test_group_programs_are_expanded_as_supervisord_does(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRP", "web")
+    path = write(tmp_path, program("web") + "[group:g]\nprograms=%(ENV_GRP)s\n[consul:web]\n")
+    assert sorted(config.read(path).services) == ["g:web"]
+
+
+def test_a_unicode_digit_in_port_is_a_problem(tmp_path):
+    path = write(tmp_path, program("web") + "[consul:web]\nport=80\u00b2\n")
+    [problem] = config.read(path).problems
+    assert problem.key == "port" and "1 to 65535" in problem.message
+
+
+def test_an_expansion_problem_does_not_list_every_environment_name(tmp_path):
+    path = write(tmp_path, program("web") + "[consul:web]\ntags=%(ENV_NOT_THERE)s\n")
+    [problem] = config.read(path).problems
+    assert problem.key == "tags" and "ENV_NOT_THERE" in problem.message
+    assert "Available names" not in str(problem) and len(str(problem)) < 400
+
+
+def test_ttl_below_a_second_is_a_problem(tmp_path):
+    path = write(tmp_path, program("web") + "[consul:web]\nttl=500ms\n")
+    [problem] = config.read(path).problems
+    assert problem.key == "ttl" and "at least 1s" in problem.message

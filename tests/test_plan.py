@@ -246,3 +246,13 @@ def test_several_instances():
     actual = {one.service_id: actual_for(one, updated_at=100.0)}
 
     assert plan(wanted, actual, 101.0, complete=True) == [Register(two, FAIL, CRITICAL)]
+
+
+def test_passing_states_update_but_never_register():
+    reg = registration(spec(), OWNER, HOST)
+    stopping = Health(CRITICAL, "STOPPING pid 42", registers=False)
+    desired = {reg.service_id: Desired(reg, stopping)}
+    assert plan(desired, {}, 0.0, complete=True) == []
+    have = Actual(reg.service_id, reg.fingerprint, check_ids(reg), PASSING, "RUNNING pid 42", 0.0)
+    assert plan(desired, {reg.service_id: have}, 0.0, complete=True) == [
+        UpdateTTL(reg.service_id, reg.ttl_check_id, stopping)]

@@ -104,7 +104,6 @@ def test_truncated_payload_gives_none():
     "\n",
     "ver:3.0 eventname:TICK_5\n",  # no len
     "ver:3.0 eventname:TICK_5 len:many\n",
-    "ver:3.0 eventname TICK_5 len:3\n",  # a token without a colon
 ])
 def test_malformed_header_raises(line):
     with pytest.raises(MalformedHeader):
@@ -223,3 +222,11 @@ def test_nothing_but_protocol_tokens_on_stdout():
     assert out.count("RESULT 2\nOK") == header_lines
     assert inbox.take(0).hints == [ProcessStateChange("web", "RUNNING", "STARTING", 100),
                                    ProcessStateChange("wéb", "RUNNING", "STARTING", 9)]
+
+
+def test_identifier_with_a_space_still_reads():
+    # [supervisord] identifier= is free text and supervisord writes it as server:ID.
+    text = ("ver:3.0 server:my sup serial:7 pool:consul poolserial:7 eventname:PROCESS_GROUP_ADDED "
+            "len:14\ngroupname:web\n")
+    event = read_event(stream(text))
+    assert event.name == "PROCESS_GROUP_ADDED" and event.payload == "groupname:web\n"

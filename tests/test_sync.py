@@ -65,13 +65,13 @@ class FakeAgent:
             registration.service_id, registration.fingerprint, checks,
             health.status if health else initial, health.note if health else None)
 
-    def update_ttl(self, check_id: str, health: Health) -> None:
+    def update_ttl(self, check_id: str, health: Health, service: str = "") -> None:
         self._answer()
         self.writes.append(("update_ttl", check_id, health))
         service_id = check_id.rsplit(":", 1)[0]
         self.services[service_id] = replace(self.services[service_id], status=health.status, output=health.note)
 
-    def deregister(self, service_id: str) -> None:
+    def deregister(self, service_id: str, service: str = "") -> None:
         self._answer()
         self.writes.append(("deregister", service_id))
         self.services.pop(service_id, None)
@@ -335,10 +335,9 @@ def test_numprocs_instances():
 
     w.round()
 
+    # BACKOFF only passes through: it never registers an instance that is not there yet.
     assert sorted(w.take_writes()) == [
         ("register", sid("web:web_01"), Health(PASSING, "RUNNING pid 1"), CRITICAL),
-        ("register", sid("web:web_02"), Health(CRITICAL, "BACKOFF: exited too quickly, supervisord is retrying"),
-         CRITICAL),
     ]
 
 
@@ -354,3 +353,33 @@ def test_closing_without_shutdown_leaves_instances(world):
     world.take_writes()
     world.deliver()
     assert world.take_writes() == []
+
+
+def test_a_refused_heartbeat_is_reported_once_and_retried_later(world, caplog):
+    world.round()
+    refused = ConsulError("Consul agent at http://127.0.0.1:8500 refused PUT /v1/agent/check/pass: 403 "
+                          "Permission denied; the token needs service:write on web", status=403)
+
+    def update_ttl(*args, **kwargs):
+        raise refused
+
+    world.agent.update_ttl = update_ttl
+    reads = world.agent.reads
+    for _ in range(20):
+        world.monotonic.advance(1)
+        world.sync.converge()
+    assert caplog.text.count("403 Permission denied") == 1
+    assert world.agent.reads == reads  # no reconcile storm: the check is there, only refused
+
+
+def test_a_lost_check_is_read_afresh_quietly(world, caplog):
+    world.round()
+
+    def update_ttl(*args, **kwargs):
+        raise ConsulError("... answered PUT /v1/agent/check/pass: 404 not found", status=404)
+
+    world.agent.update_ttl = update_ttl
+    world.monotonic.advance(5)
+    world.sync.converge()
+    assert world.sync.actual == {}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
