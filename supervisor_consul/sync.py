@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -97,9 +97,6 @@ class Conditions:
         if self._current.pop(key, None) is not None and recovered:
             log.info("%s", recovered)
 
-    def active(self, key: str) -> bool:
-        return key in self._current
-
 
 class Sync:
     def __init__(self, agent: Agent, configfile: str, host: str, inbox: Inbox,
@@ -121,12 +118,12 @@ class Sync:
         self.complete = False  # statuses cover every process supervisord runs
         self.supervisord_stopping = False  # SUPERVISOR_STATE_CHANGE_STOPPING seen: shutdown or reload
         self.actual: dict[str, Actual] | None = None  # None: unknown, read it before acting
-        self.stats: Counter[str] = Counter()
         self.conditions = Conditions()
         self._logged_problems: set[config.Problem] = set()
         self._reconcile_at = 0.0
         self._backoff = BACKOFF_FIRST
         self._retry_at: dict[str, float] = {}  # service ID -> when to retry a refused operation
+        self._heartbeat_every = IDLE_WAKEUP  # the shortest ttl/3 of any registration
 
     # -- the loop -----------------------------------------------------------
 
@@ -150,9 +147,7 @@ class Sync:
                 return
 
     def _wait(self) -> float:
-        heartbeat = min((r.ttl_seconds / plan.HEARTBEATS_PER_TTL for r in self.registrations.values()
-                         if r.ttl_check_id), default=IDLE_WAKEUP)
-        return max(0.0, min(IDLE_WAKEUP, heartbeat, self._reconcile_at - self._monotonic()))
+        return max(0.0, min(self._heartbeat_every, self._reconcile_at - self._monotonic()))
 
     # -- desired state --------------------------------------------------------
 
@@ -187,12 +182,12 @@ class Sync:
         spec = self.configuration.services.get(namespec) if self.configuration else None
         return health.with_exitstatus(status, info, spec)
 
-    def _load_configuration(self) -> bool:
+    def _load_configuration(self) -> None:
         configuration = self._read_config(self.configfile)
         if not configuration.readable:
             self.conditions.report("config", f"{configuration.problems[0]}; keeping the last good configuration"
                                    if self.configuration else str(configuration.problems[0]), logging.ERROR)
-            return False
+            return
         self.conditions.clear("config", f"{self.configfile} reads again")
         new_problems = set(configuration.problems)
         for problem in configuration.problems:
@@ -210,7 +205,8 @@ class Sync:
         self.supervisor = self._supervisor_factory(configuration)
         self.registrations = {ns: plan.registration(spec, self.owner, self.host)
                               for ns, spec in configuration.services.items()}
-        return True
+        self._heartbeat_every = min([IDLE_WAKEUP, *(r.ttl_seconds / plan.HEARTBEATS_PER_TTL
+                                                    for r in self.registrations.values() if r.ttl_check_id)])
 
     def _read_supervisor(self) -> None:
         assert self.supervisor is not None and self.configuration is not None
@@ -248,7 +244,6 @@ class Sync:
         The configuration is read every time: editing a [consul:*] section
         gives supervisord nothing to report, so no event would tell us.
         """
-        self.stats["reconciles"] += 1
         self._load_configuration()
         if self.configuration is None:
             self._schedule_retry()
@@ -295,7 +290,6 @@ class Sync:
 
     def _apply(self, operation: Operation) -> None:
         assert self.actual is not None
-        self.stats[type(operation).__name__] += 1
         if isinstance(operation, Register):
             registration, wanted = operation.registration, operation.health
             self.agent.register(registration, wanted, operation.initial)
