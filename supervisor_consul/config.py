@@ -364,8 +364,6 @@ def _spec(parser: Any, section: str, group: str, process: str, expansions: dict[
     check = None
     if check_text not in ("ttl", "none"):
         check = _consul_check(check_text, get, problem, problems)
-    elif given("check") and (check_text != check_text.lower()):
-        problems.append(problem("check", check_text, "use lower case: ttl or none"))
     for key in ("interval", "timeout"):
         if given(key) and check is None and not _has_problem(problems, count, "check"):
             problems.append(problem(key, get(key), f"{key} applies to an http or tcp check; "
