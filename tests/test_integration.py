@@ -309,3 +309,55 @@ name={name}
     [left] = instances(consul_agent, name)
     assert left["Service"]["Meta"]["supervisord-host"] and process_check(left)["Status"] == "passing"
     assert f"pid {second.info('app')['pid']}" in process_check(left)["Output"]
+
+
+def test_exit_fatal_tcp_and_no_check_as_documented(consul_agent, supervisord_factory):
+    once, doomed, plain, tcp = (unique(n) for n in ("once", "doomed", "plain", "tcp"))
+    port = free_port()
+    sv = supervisord_factory(f"""
+[program:once]
+command=sh -c 'sleep 2; exit 0'
+autorestart=false
+startsecs=1
+[consul:once]
+name={once}
+[program:doomed]
+command=false
+startsecs=1
+startretries=0
+[consul:doomed]
+name={doomed}
+on_fatal=critical
+[program:plain]
+command=sleep 300
+[consul:plain]
+name={plain}
+check=none
+[program:tcp]
+command={sys.executable} -m http.server {port} --bind 127.0.0.1
+[consul:tcp]
+name={tcp}
+port={port}
+check=tcp://127.0.0.1:%(port)s
+interval=1s
+""" + listener(consul_agent))
+    # An expected exit is still critical, with what happened in the note.
+    wait_for(lambda: status_of(consul_agent, once) == [("critical", "EXITED expectedly with exit status 0")],
+             message="once critical after its expected exit")
+    # FATAL with on_fatal = critical stays registered, critical (BACKOFF alone never registered it).
+    # Registered critical from the start, its note is an output-only change, which the agent
+    # passes on to the catalog only lazily: read the note from the agent itself.
+    wait_for(lambda: [s for s, _ in status_of(consul_agent, doomed)] == ["critical"], message="doomed critical")
+    notes = [c["Output"] for c in consul_agent.checks().values()
+             if c["ServiceName"] == doomed and c["CheckID"].endswith(":process")]
+    assert notes == ["FATAL: supervisord gave up starting it"]
+    # check = none: registered with no check while RUNNING, gone when stopped.
+    [entry] = wait_for(lambda: instances(consul_agent, plain), message="plain registered")
+    assert [c for c in entry["Checks"] if c["ServiceID"]] == []
+    sv.ctl("stop", "plain")
+    wait_for(lambda: instances(consul_agent, plain) == [], message="plain deregistered")
+    # A TCP check runs beside the process-state check, and passes.
+    wait_for(lambda: [(c["CheckID"].rsplit(":", 1)[1], c["Status"]) for e in instances(consul_agent, tcp)
+                      for c in e["Checks"] if c["ServiceID"]] in ([("process", "passing"), ("tcp", "passing")],
+                                                                   [("tcp", "passing"), ("process", "passing")]),
+             message="tcp and process checks passing")
