@@ -361,3 +361,26 @@ interval=1s
                       for c in e["Checks"] if c["ServiceID"]] in ([("process", "passing"), ("tcp", "passing")],
                                                                    [("tcp", "passing"), ("process", "passing")]),
              message="tcp and process checks passing")
+
+
+def test_non_ascii_program_names_keep_the_event_stream_in_step(consul_agent, supervisord_factory):
+    # supervisord counts `len` in characters; a reader counting bytes would lose step here.
+    accented, after = unique("accent"), unique("after")
+    sv = supervisord_factory(f"""
+[program:wéb]
+command=sleep 300
+[consul:wéb]
+name={accented}
+[program:after]
+command=sleep 300
+[consul:after]
+name={after}
+""" + listener(consul_agent))
+    wait_passing(consul_agent, accented)
+    wait_passing(consul_agent, after)
+    for _ in range(3):
+        sv.ctl("restart", "wéb")
+    sv.ctl("stop", "after")
+    wait_for(lambda: instances(consul_agent, after) == [], message="events after the accented ones still read")
+    wait_passing(consul_agent, accented)
+    assert "unreadable event header" not in listener_log(sv)
