@@ -18,7 +18,7 @@ import consul
 import requests
 
 from .health import CRITICAL, PASSING, Health
-from .plan import Actual, Registration, is_owned
+from .plan import SPEC_META, Actual, Registration, is_owned, ttl_check_id
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:8500"
 TIMEOUT = 5.0  # seconds; the sync loop must never hang on a dead agent
@@ -136,10 +136,10 @@ class Agent:
             if not is_owned(service, owner):
                 continue
             own_checks = by_service.get(sid, [])
-            ttl = next((c for c in own_checks if c.get("CheckID") == f"{sid}:process"), None)
+            ttl = next((c for c in own_checks if c.get("CheckID") == ttl_check_id(sid)), None)
             actual[sid] = Actual(
                 service_id=sid,
-                fingerprint=(service.get("Meta") or {}).get("supervisor-consul-spec", ""),
+                fingerprint=(service.get("Meta") or {}).get(SPEC_META, ""),
                 check_ids=frozenset(c["CheckID"] for c in own_checks),
                 status=ttl["Status"] if ttl else None,
                 output=ttl.get("Output") if ttl else None,

@@ -32,6 +32,11 @@ def service_id(owner: str, namespec: str) -> str:
     return f"{ID_PREFIX}:{owner}:{namespec}"
 
 
+def ttl_check_id(service_id: str) -> str:
+    """The process-state check of an instance."""
+    return f"{service_id}:process"
+
+
 def is_owned(service: dict[str, Any], owner: str) -> bool:
     """Ours only if both the ID and the meta say so: never touch anyone else's."""
     return (str(service.get("ID", "")).startswith(f"{ID_PREFIX}:{owner}:")
@@ -52,6 +57,10 @@ class Registration:
     ttl_check_id: str | None
     ttl_seconds: float
     fingerprint: str = field(default="", compare=False)
+
+    @property
+    def check_ids(self) -> frozenset[str]:
+        return frozenset(dict(check)["CheckID"] for check in self.checks)
 
     def payload(self, initial: str | None) -> dict[str, Any]:
         """The body of PUT /v1/agent/service/register, the TTL check in status `initial`."""
@@ -77,10 +86,10 @@ def registration(spec: ServiceSpec, owner: str, host: str) -> Registration:
             ("supervisord-process", spec.process),
             ("supervisord-host", host))
     checks: list[tuple[tuple[str, Any], ...]] = []
-    ttl_check_id = None
+    process_check = None
     if spec.ttl_check:
-        ttl_check_id = f"{sid}:process"
-        ttl = {"CheckID": ttl_check_id, "Name": f"supervisord process {spec.namespec}", "TTL": spec.ttl}
+        process_check = ttl_check_id(sid)
+        ttl = {"CheckID": process_check, "Name": f"supervisord process {spec.namespec}", "TTL": spec.ttl}
         if spec.deregister_after is not None:
             ttl["DeregisterCriticalServiceAfter"] = spec.deregister_after
         checks.append(tuple(ttl.items()))
@@ -90,7 +99,7 @@ def registration(spec: ServiceSpec, owner: str, host: str) -> Registration:
                        ("HTTP" if kind == "http" else "TCP", spec.check.target),
                        ("Interval", spec.check.interval), ("Timeout", spec.check.timeout)))
     fields = dict(service_id=sid, name=spec.name, port=spec.port, address=spec.address,
-                  tags=spec.tags, meta=meta, checks=tuple(checks), ttl_check_id=ttl_check_id,
+                  tags=spec.tags, meta=meta, checks=tuple(checks), ttl_check_id=process_check,
                   ttl_seconds=spec.ttl_seconds if spec.ttl_check else 0.0)
     encoded = json.dumps({k: v for k, v in fields.items() if k != "ttl_seconds"}, sort_keys=True)
     fingerprint = hashlib.sha256(f"{FINGERPRINT_VERSION}\0{encoded}".encode()).hexdigest()[:16]
@@ -186,8 +195,7 @@ def plan(desired: dict[str, Desired], actual: dict[str, Actual], now: float, com
 
 
 def _same_registration(registration: Registration, have: Actual) -> bool:
-    wanted_checks = {dict(check)["CheckID"] for check in registration.checks}
-    return have.fingerprint == registration.fingerprint and wanted_checks <= have.check_ids
+    return have.fingerprint == registration.fingerprint and registration.check_ids <= have.check_ids
 
 
 def _heartbeat(registration: Registration, have: Actual, health: Health, now: float) -> list[Operation]:

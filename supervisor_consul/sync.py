@@ -19,12 +19,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from supervisor.options import make_namespec
+
 from . import config, health, plan
 from .agent import Agent, ConsulError
 from .config import Configuration, ServiceSpec
 from .events import GroupsChanged, Hint, ProcessStateChange, SupervisorStateChange
 from .health import ProcessStatus
-from .plan import Actual, Deregister, Desired, Operation, Register, Registration, UpdateTTL
+from .plan import Actual, Desired, Operation, Register, Registration, UpdateTTL
 from .rpc import Supervisor, SupervisorError, rpc_environment
 
 RECONCILE_EVERY = 60.0
@@ -221,7 +223,7 @@ class Sync:
         previous = self.statuses
         self.statuses = {}
         for info in infos:
-            namespec = f"{info['group']}:{info['name']}" if info["group"] != info["name"] else info["name"]
+            namespec = make_namespec(info["group"], info["name"])
             self.statuses[namespec] = health.from_info(previous.get(namespec), info, services.get(namespec))
         self.complete = True
 
@@ -294,8 +296,7 @@ class Sync:
             registration, wanted = operation.registration, operation.health
             self.agent.register(registration, wanted, operation.initial)
             self.actual[registration.service_id] = Actual(
-                registration.service_id, registration.fingerprint,
-                frozenset(dict(c)["CheckID"] for c in registration.checks),
+                registration.service_id, registration.fingerprint, registration.check_ids,
                 wanted.status if wanted else None, wanted.note if wanted else None, self._monotonic())
             log.info("registered %s as %s%s", _namespec(registration), registration.name,
                      f" ({wanted.status}: {wanted.note})" if wanted else "")

@@ -7,8 +7,6 @@ import signal
 import sys
 import uuid
 
-import pytest
-
 from tests.harness import ConsulAgent, free_port, wait_for
 
 

@@ -147,7 +147,7 @@ def test_is_owned_needs_id_and_meta():
     assert not is_owned({**ours, "Meta": {"supervisor-consul-owner": "someone"}}, OWNER)
     assert not is_owned({**ours, "ID": "web"}, OWNER)
     assert not is_owned({**ours, "ID": f"supervisord:{OWNER}x:web"}, OWNER)
-    assert not is_owned({**ours, "ID": f"supervisord:other:web"}, OWNER)
+    assert not is_owned({**ours, "ID": "supervisord:other:web"}, OWNER)
 
 
 # -- plan --------------------------------------------------------------------------------------
