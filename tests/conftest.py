@@ -1,9 +1,15 @@
-"""Shared pytest fixtures: a real Consul agent and real supervisord instances."""
+"""Shared pytest fixtures: a real Consul agent and real supervisord instances,
+and the fault suite's report (issue 3): one row per `@pytest.mark.fault` test."""
 from __future__ import annotations
+
+import json
+import os
 
 import pytest
 
 from tests.harness import ConsulAgent, Supervisord
+
+_fault_rows: list[dict] = []
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +42,54 @@ def supervisord_factory(tmp_path):
     finally:
         for sv in reversed(created):
             sv.cleanup()
+
+
+@pytest.fixture
+def converged(request):
+    """converged(seconds, detail="") records a fault test's figure for the report."""
+    def record(seconds: float | None, detail: str = "") -> None:
+        request.node.user_properties.append(("converged", seconds))
+        if detail:
+            request.node.user_properties.append(("detail", detail))
+    return record
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    marker = item.get_closest_marker("fault")
+    if marker is None or not (report.when == "call" or (report.when == "setup" and not report.passed)):
+        return
+    properties = dict(item.user_properties)
+    _fault_rows.append({"fault": marker.args[0], "result": report.outcome,
+                        "converged": properties.get("converged"), "detail": properties.get("detail", ""),
+                        "test": item.nodeid, "duration": round(report.duration, 1)})
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _fault_rows:
+        return
+    rows = sorted(_fault_rows, key=lambda r: _fault_order(r["fault"]))
+    terminalreporter.section("fault suite")
+    for line in fault_table(rows):
+        terminalreporter.write_line(line)
+    path = os.environ.get("FAULT_REPORT")
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+
+
+def _fault_order(name: str) -> tuple[int, str]:
+    number = name.split(".", 1)[0]
+    return (int(number) if number.isdigit() else 99, name)
+
+
+def fault_table(rows: list[dict]) -> list[str]:
+    """A Markdown table: fault, result, convergence time, what was measured."""
+    lines = ["| fault | result | converged in | detail |", "|---|---|---|---|"]
+    for row in rows:
+        seconds = row["converged"]
+        took = "-" if seconds is None else f"{seconds:.1f} s"
+        lines.append(f"| {row['fault']} | {row['result']} | {took} | {row['detail']} |")
+    return lines
