@@ -25,7 +25,9 @@ class Listener:
         self.stdout = stdout
         self.inbox = inbox
         self._recent: deque[str] = deque(maxlen=RECENT_SERIALS)
+        self._poolserials: dict[str, int] = {}  # pool -> the last poolserial seen
         self.events = 0
+        self.lost = 0  # events supervisord dropped before they reached us (poolserial gaps)
 
     def run(self) -> None:
         """Until supervisord closes our stdin."""
@@ -35,7 +37,8 @@ class Listener:
                 event = read_event(self.stdin)
             except MalformedHeader as exc:
                 # supervisord waits for a result whatever it sent; answer so it goes on.
-                log.warning("%s; skipped", exc)
+                log.warning("%s; skipped, reconciling instead", exc)
+                self.inbox.request_reconcile()
                 send(self.stdout, RESULT_OK + READY)
                 continue
             if event is None:
@@ -46,6 +49,7 @@ class Listener:
             send(self.stdout, RESULT_OK + READY)
 
     def _take(self, event) -> None:
+        self._notice_gap(event)
         # supervisord redelivers an event another listener rejected (supervisor-facts.md §1).
         if event.serial and event.serial in self._recent:
             log.debug("event %s seen before; skipped", event.serial)
@@ -61,3 +65,21 @@ class Listener:
             self.inbox.post(hint)
         elif not event.name.startswith("TICK_"):
             log.debug("event %s carries nothing for us", event.name)
+
+    def _notice_gap(self, event) -> None:
+        """A skipped poolserial means supervisord dropped events (a full buffer
+        drops the oldest, which already had its poolserial): what they said is
+        unknown, so ask for a reconcile instead.  A smaller poolserial is a new
+        pool (supervisord reloaded) or a redelivery, not a loss."""
+        pool, serial = event.headers.get("pool", ""), event.headers.get("poolserial", "")
+        if not serial.isdigit():
+            return
+        number = int(serial)
+        last = self._poolserials.get(pool)
+        self._poolserials[pool] = max(number, last) if last is not None and number <= last + 1 else number
+        if last is not None and number > last + 1:
+            missed = number - last - 1
+            self.lost += missed
+            log.info("supervisord dropped %d event(s) for pool %s before they reached us (buffer_size too "
+                     "small for this burst?); reconciling", missed, pool or "?")
+            self.inbox.request_reconcile()

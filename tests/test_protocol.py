@@ -230,3 +230,27 @@ def test_identifier_with_a_space_still_reads():
             "len:14\ngroupname:web\n")
     event = read_event(stream(text))
     assert event.name == "PROCESS_GROUP_ADDED" and event.payload == "groupname:web\n"
+
+
+def test_a_poolserial_gap_asks_for_a_reconcile(caplog):
+    # supervisord's full buffer dropped poolserials 3 and 4 (the oldest go first).
+    caplog.set_level("INFO", logger="supervisor_consul")
+    text = "".join(envelope("TICK_5", "when:1", serial=serial, poolserial=serial) for serial in (1, 2, 5))
+    _, inbox, listener = run_listener(text)
+    assert inbox.take(0).reconcile
+    assert listener.lost == 2
+    assert "dropped 2 event(s) for pool consul" in caplog.text
+
+
+@pytest.mark.parametrize("poolserials", [(0, 1, 2, 3), (7, 8, 0, 1), (5, 6, 6, 7)],
+                         ids=["in order", "new pool after a reload", "redelivered"])
+def test_no_gap_no_reconcile(poolserials):
+    text = "".join(envelope("TICK_5", "when:1", serial=100 + i, poolserial=ps) for i, ps in enumerate(poolserials))
+    _, inbox, listener = run_listener(text)
+    assert not inbox.take(0).reconcile
+    assert listener.lost == 0
+
+
+def test_a_malformed_header_asks_for_a_reconcile():
+    _, inbox, _ = run_listener("this is no header\n")
+    assert inbox.take(0).reconcile
