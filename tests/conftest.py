@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -81,8 +82,8 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def _fault_order(name: str) -> tuple[int, str]:
-    number = name.split(".", 1)[0]
-    return (int(number) if number.isdigit() else 99, name)
+    number = re.match(r"\d*", name)[0]  # "4a. ..." sorts after "4. ..." and before "5. ..."
+    return (int(number) if number else 99, name)
 
 
 def fault_table(rows: list[dict]) -> list[str]:

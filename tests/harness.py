@@ -313,6 +313,22 @@ class ConsulAgent:
         self.stop()
         self.start()
 
+    def pause(self) -> None:
+        """SIGSTOP: the agent hangs; its sockets still accept connections."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
+
+    def register_foreign(self, service: dict) -> None:
+        """Register a service the way another tool would (PUT /v1/agent/service/register)."""
+        request = urllib.request.Request(f"http://{self.http_addr}/v1/agent/service/register",
+                                         data=json.dumps(service).encode(), method="PUT")
+        with urllib.request.urlopen(request, timeout=5):
+            pass
+
     def client(self):
         import consul
         return consul.Consul(host=LOOPBACK, port=self.http_port,
@@ -487,6 +503,24 @@ class Supervisord:
         self._proc.wait(timeout=10)
         self._proc = None
         self._close_out()
+
+    def kill_with_children(self) -> None:
+        """SIGKILL supervisord and every process under it at once, as a host
+        crash or the OOM killer would; no event, no shutdown, no cleanup."""
+        if self._proc is None:
+            return
+        self._record_children()
+        pids = {self._proc.pid: _starttime(self._proc.pid), **self._leftovers}
+        for pid, start in pids.items():
+            if start is None or _starttime(pid) == start:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self._proc.wait(timeout=10)
+        self._proc = None
+        self._close_out()
+        _kill_recorded(self._leftovers)
 
     def cleanup(self) -> None:
         self.stop()
