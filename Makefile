@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test demo check clean
+.PHONY: venv test faults demo check clean
 
 $(BIN)/.installed: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ test: venv
 	scripts/get-consul >/dev/null
 	scripts/get-nc >/dev/null
 	$(BIN)/python -m pytest
+
+# The fault suite alone, with the full 10-minute churn soak; ends with the report table.
+faults: venv
+	scripts/get-consul >/dev/null
+	scripts/get-nc >/dev/null
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/python -m pytest -m fault -q
 
 demo: venv
 	scripts/demo
