@@ -90,10 +90,11 @@ class Conditions:
     def __init__(self) -> None:
         self._current: dict[str, str] = {}
 
-    def report(self, key: str, message: str, level: int = logging.WARNING) -> None:
+    def report(self, key: str, message: str, level: int = logging.WARNING,
+               exc_info: BaseException | None = None) -> None:
         if self._current.get(key) != message:
             self._current[key] = message
-            log.log(level, "%s", message)
+            log.log(level, "%s", message, exc_info=exc_info)
 
     def clear(self, key: str, recovered: str | None = None) -> None:
         if self._current.pop(key, None) is not None and recovered:
@@ -132,21 +133,36 @@ class Sync:
     def run(self) -> None:
         while True:
             batch = self.inbox.take(self._wait())
-            wants_reconcile = batch.reconcile
-            for hint in batch.hints:
-                wants_reconcile |= self._fold(hint)
-            if wants_reconcile and self.actual is not None:
-                # While the agent is down the backoff decides when to try again.
-                self._reconcile_at = self._monotonic()
-            reconciled = self._monotonic() >= self._reconcile_at and self.reconcile()
-            applied = self.converge()
-            if reconciled:
-                log.debug("reconcile done: %d instances owned in the agent, %d operations applied",
-                          len(self.actual or {}), applied)
+            try:
+                self._round(batch)
+            except Exception as exc:  # noqa: BLE001
+                self._round_failed(exc)
             if batch.closed:
                 if self.supervisord_stopping or (self.supervisor is not None and self.supervisor.is_stopping()):
                     self._all_stopped()
                 return
+
+    def _round(self, batch: Batch) -> None:
+        wants_reconcile = batch.reconcile
+        for hint in batch.hints:
+            wants_reconcile |= self._fold(hint)
+        if wants_reconcile and self.actual is not None:
+            # While the agent is down the backoff decides when to try again.
+            self._reconcile_at = self._monotonic()
+        reconciled = self._monotonic() >= self._reconcile_at and self.reconcile()
+        applied = self.converge()
+        if reconciled:
+            log.debug("reconcile done: %d instances owned in the agent, %d operations applied",
+                      len(self.actual or {}), applied)
+
+    def _round_failed(self, exc: Exception) -> None:
+        """A bug met in one round: exiting would only have supervisord restart us into
+        the same bug, so forget what we believe and start again from fresh reads."""
+        self.conditions.report("round", f"unexpected {type(exc).__name__} in the sync loop: {exc}; "
+                                        "reading everything afresh (please report this)", logging.ERROR,
+                               exc_info=exc)
+        self.actual = None
+        self._schedule_retry()
 
     def _wait(self) -> float:
         return max(0.0, min(self._heartbeat_every, self._reconcile_at - self._monotonic()))
@@ -258,6 +274,7 @@ class Sync:
             return False
         self.actual = {sid: self._keep_heartbeat_time(have) for sid, have in fresh.items()}
         self.conditions.clear("agent", f"Consul agent at {self.agent.endpoint} answers again; reconciled")
+        self.conditions.clear("round", "the sync loop reconciled again after the unexpected error")
         self._backoff = BACKOFF_FIRST
         self._reconcile_at = self._monotonic() + RECONCILE_EVERY
         return True

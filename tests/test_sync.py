@@ -383,3 +383,26 @@ def test_a_lost_check_is_read_afresh_quietly(world, caplog):
     world.sync.converge()
     assert world.sync.actual == {}
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_bug_in_a_round_is_logged_once_and_the_loop_recovers(world, caplog):
+    caplog.set_level(logging.INFO, logger="supervisor_consul")
+    calls = []
+
+    def flaky(path):
+        calls.append(path)
+        if len(calls) <= 2:
+            raise KeyError("surprise")
+        return world.configuration
+
+    world.sync._read_config = flaky
+    world.deliver()
+    world.monotonic.advance(1.0)
+    world.deliver()  # the same bug again: not logged again
+    assert world.take_writes() == []
+    assert caplog.text.count("unexpected KeyError in the sync loop") == 1
+
+    world.monotonic.advance(2.0)
+    world.deliver()
+    assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL)]
+    assert "reconciled again after the unexpected error" in caplog.text
