@@ -42,6 +42,10 @@ def parser() -> argparse.ArgumentParser:
                                                           "CONSUL_HTTP_SSL_VERIFY=false turns verification off)")
     consul.add_argument("--client-cert", metavar="PATH", help="client certificate (CONSUL_CLIENT_CERT)")
     consul.add_argument("--client-key", metavar="PATH", help="client key (CONSUL_CLIENT_KEY)")
+    consul.add_argument("--ca-path", metavar="DIR", help="directory of CA certificates, used without --ca-file "
+                                                         "(CONSUL_CAPATH)")
+    consul.add_argument("--tls-server-name", metavar="NAME", help="name the agent's certificate must hold, when "
+                                                                  "not the address's host (CONSUL_TLS_SERVER_NAME)")
     listen.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                         help="on stderr, which supervisord files as the listener's log (default info)")
     listen.set_defaults(run=run_listen)
@@ -89,13 +93,14 @@ def run_listen(args: argparse.Namespace) -> int:
                         format="%(asctime)s supervisor-consul %(levelname)s %(message)s")
     try:
         conn = connection(args.http_addr, args.token, args.token_file, args.ca_file, args.client_cert,
-                          args.client_key)
+                          args.client_key, ca_path=args.ca_path, tls_server_name=args.tls_server_name)
         configfile = config.locate(args.configuration)
     except (SettingError, config.ConfigNotFound) as exc:
         log.critical("%s", exc)
         return 2
-    log.info("supervisor-consul %s listening; Consul agent %s; configuration %s", __version__,
-             conn.endpoint, configfile)
+    # Where the token came from, never the token: the log is readable by more people than the token.
+    log.info("supervisor-consul %s listening; Consul agent %s, %s; configuration %s", __version__,
+             conn.endpoint, f"token from {conn.token_source}" if conn.token else "no token", configfile)
     inbox = Inbox()
     sync = Sync(Agent(conn), configfile, platform.node(), inbox)
     worker = threading.Thread(target=_run_sync, args=(sync,), name="sync", daemon=True)

@@ -4,9 +4,22 @@ No network: Agent() only builds a py-consul client.
 """
 from __future__ import annotations
 
+import shutil
+import ssl
+from types import SimpleNamespace
+
 import pytest
 
-from supervisor_consul.agent import Agent, Connection, SettingError, connection
+from supervisor_consul.agent import Agent, Connection, ConsulError, SettingError, connection
+from tests.secure_agent import TestCA
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """Real PEM files: a CA, and a client certificate and key it signed."""
+    ca = TestCA(tmp_path_factory.mktemp("pki"), "unit-ca")
+    client = ca.issue("client", client=True)
+    return SimpleNamespace(ca=str(ca.cert), cert=str(client.cert), key=str(client.key))
 
 
 @pytest.fixture
@@ -150,6 +163,21 @@ def test_unreadable_token_file(tmp_path):
     assert missing in str(raised.value)
 
 
+def test_empty_token_file_is_a_setting_error(token_file):
+    with pytest.raises(SettingError, match="--token-file: the Consul token file .* is empty"):
+        connection(token_file=token_file(" \n"), env={})
+
+
+def test_token_source_is_named_never_the_token(token_file):
+    path = token_file("secret-from-file")
+    assert connection(token="t", env={}).token_source == "--token"
+    assert connection(token_file=path, env={}).token_source == f"--token-file {path}"
+    assert connection(env={"CONSUL_HTTP_TOKEN_FILE": path}).token_source == f"CONSUL_HTTP_TOKEN_FILE {path}"
+    assert connection(env={"CONSUL_HTTP_TOKEN": "t"}).token_source == "CONSUL_HTTP_TOKEN"
+    assert connection(env={}).token_source == ""
+    assert "secret-from-file" not in repr(connection(token_file=path, env={}))
+
+
 def test_unreadable_token_file_from_env(tmp_path):
     with pytest.raises(SettingError, match="token file"):
         connection(env={"CONSUL_HTTP_TOKEN_FILE": str(tmp_path / "no-such-token")})
@@ -192,15 +220,135 @@ def test_agent_without_token_sends_none_even_with_env(monkeypatch):
     assert "X-Consul-Token" not in agent.client.prepare_headers()
 
 
-def test_agent_client_address_and_tls():
-    conn = connection(http_addr="https://consul.local:8443", ca_file="/ca.pem", client_cert="/c.pem",
-                      client_key="/k.pem", env={})
+def test_agent_client_address_and_tls(pki):
+    conn = connection(http_addr="https://consul.local:8443", ca_file=pki.ca, client_cert=pki.cert,
+                      client_key=pki.key, env={})
     agent = Agent(conn)
     assert agent.endpoint == "https://consul.local:8443"
     assert agent.client.http.base_uri == "https://consul.local:8443"
-    assert agent.client.http.verify == "/ca.pem"
-    assert agent.client.http.cert == ("/c.pem", "/k.pem")
+    assert agent.client.http.verify == pki.ca
+    assert agent.client.http.cert == (pki.cert, pki.key)
     assert agent.client.http.session.trust_env is False
+
+
+def test_https_verifies_with_our_own_context_only(pki):
+    agent = Agent(connection(http_addr="https://consul.local:8443", ca_file=pki.ca, env={}))
+    adapter = agent.client.http.session.get_adapter("https://consul.local:8443/v1/agent/services")
+    kwargs = adapter.poolmanager.connection_pool_kw
+    assert kwargs["ssl_context"].verify_mode == ssl.CERT_REQUIRED and "server_hostname" not in kwargs
+    # Only the CA given, not certifi's bundle on top (requests' default).
+    assert [c["subject"] for c in kwargs["ssl_context"].get_ca_certs()] == [((("commonName", "unit-ca"),),)]
+
+
+def test_tls_server_name_is_sni_and_the_name_checked(pki):
+    agent = Agent(connection(http_addr="https://127.0.0.1:8501", ca_file=pki.ca, tls_server_name="consul.test",
+                             env={}))
+    kwargs = agent.client.http.session.get_adapter("https://127.0.0.1:8501/").poolmanager.connection_pool_kw
+    assert kwargs["server_hostname"] == kwargs["assert_hostname"] == "consul.test"
+    assert connection(env={"CONSUL_TLS_SERVER_NAME": "env.test"}).tls_server_name == "env.test"
+    assert connection(tls_server_name="opt.test", env={"CONSUL_TLS_SERVER_NAME": "env.test"}).tls_server_name \
+        == "opt.test"
+
+
+def test_verify_off_mounts_nothing(pki):
+    agent = Agent(connection(http_addr="https://127.0.0.1:8501", env={"CONSUL_HTTP_SSL_VERIFY": "false"}))
+    assert agent.client.http.verify is False
+    assert "ssl_context" not in agent.client.http.session.get_adapter("https://x/").poolmanager.connection_pool_kw
+
+
+def test_plain_http_ignores_tls_files_as_consul_does(tmp_path):
+    conn = connection(ca_file=str(tmp_path / "missing.pem"), env={"CONSUL_CAPATH": str(tmp_path / "none")})
+    assert conn.scheme == "http"
+
+
+def test_missing_ca_file_is_a_setting_error_at_start(tmp_path):
+    with pytest.raises(SettingError, match="--ca-file/CONSUL_CACERT .*No such file"):
+        connection(http_addr="https://127.0.0.1:8501", env={"CONSUL_CACERT": str(tmp_path / "missing.pem")})
+
+
+def test_unloadable_client_certificate_is_a_setting_error_at_start(pki):
+    with pytest.raises(SettingError, match="--client-cert/--client-key"):
+        connection(http_addr="https://127.0.0.1:8501", ca_file=pki.ca, client_cert=pki.key, client_key=pki.cert,
+                   env={})
+
+
+def test_ca_path_reads_every_certificate_below_it_as_consul_does(pki, tmp_path):
+    capath = tmp_path / "cas"
+    (capath / "nested").mkdir(parents=True)
+    other = TestCA(tmp_path / "other", "other-ca")
+    shutil.copy(other.cert, capath / "a.pem")
+    shutil.copy(pki.ca, capath / "nested" / "b.crt")  # no hashed names, any suffix
+    conn = connection(http_addr="https://127.0.0.1:8501", env={"CONSUL_CAPATH": str(capath)})
+    assert conn.ca_path == str(capath) and conn.ca_file is None
+    context = Agent(conn).client.http.session.get_adapter("https://x/").poolmanager.connection_pool_kw["ssl_context"]
+    assert sorted(c["subject"][0][0][1] for c in context.get_ca_certs()) == ["other-ca", "unit-ca"]
+
+
+def test_ca_file_beats_ca_path(pki, tmp_path):
+    conn = connection(http_addr="https://127.0.0.1:8501", ca_file=pki.ca, ca_path=str(tmp_path / "none"), env={})
+    context = Agent(conn).client.http.session.get_adapter("https://x/").poolmanager.connection_pool_kw["ssl_context"]
+    assert [c["subject"][0][0][1] for c in context.get_ca_certs()] == ["unit-ca"]
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({}, "no CA certificate in it"),
+    ({"notes.txt": "not a certificate"}, "notes.txt holds no PEM certificate"),
+    (None, "not a directory"),
+])
+def test_bad_ca_path(tmp_path, layout, message):
+    capath = tmp_path / "cas"
+    if layout is not None:
+        capath.mkdir()
+        for name, text in layout.items():
+            (capath / name).write_text(text)
+    with pytest.raises(SettingError, match=f"--ca-path/CONSUL_CAPATH {capath}: .*{message}"):
+        connection(http_addr="https://127.0.0.1:8501", ca_path=str(capath), env={})
+
+
+# -- what a refusal says ----------------------------------------------------------------------
+
+
+def _refusing(conn: Connection, mocker, error: Exception) -> Agent:
+    agent = Agent(conn)
+    mocker.patch.object(agent.client.agent.service, "register", side_effect=error)
+    return agent
+
+
+def _register_error(agent: Agent) -> str:
+    with pytest.raises(ConsulError) as raised:
+        agent._write("PUT /v1/agent/service/register (web)", agent.client.agent.service.register, "web",
+                     service="web")
+    assert raised.value.status == 403 and not raised.value.unreachable
+    return str(raised.value)
+
+
+def test_403_without_token_names_the_permission_and_the_anonymous_token(mocker):
+    import consul
+    agent = _refusing(connection(env={}), mocker, consul.ACLPermissionDenied("Permission denied"))
+    message = _register_error(agent)
+    assert "403 Permission denied" in message and "needs" not in message
+    assert "no token was given, so the anonymous token was used" in message
+    assert "grants service:write on web" in message
+
+
+def test_403_with_a_token_names_where_it_came_from_never_the_token(mocker, token_file):
+    import consul
+    secret = "5e1f9a2c-6d0b-4c8e-9f3a-7b2d1e0c4a99"
+    path = token_file(secret)
+    agent = _refusing(connection(token_file=path, env={}), mocker,
+                      consul.ACLPermissionDenied(f"Permission denied: Missing service:write on web ({secret})"))
+    message = _register_error(agent)
+    assert f"the token from --token-file {path} needs a policy granting service:write on web" in message
+    assert secret not in message and "<token>" in message
+
+
+def test_403_acl_not_found_says_the_token_is_unknown(mocker):
+    import consul
+    agent = _refusing(connection(env={"CONSUL_HTTP_TOKEN": "0000-unknown-token"}), mocker,
+                      consul.ACLPermissionDenied("ACL not found"))
+    message = _register_error(agent)
+    assert "the agent knows no token with the SecretID from CONSUL_HTTP_TOKEN" in message
+    assert "0000-unknown-token" not in message
 
 
 def test_a_404_answer_is_an_error_not_a_success(mocker):
