@@ -105,7 +105,7 @@ def run_listen(args: argparse.Namespace) -> int:
     sync = Sync(Agent(conn), configfile, platform.node(), inbox)
     worker = threading.Thread(target=_run_sync, args=(sync,), name="sync", daemon=True)
     worker.start()
-    signal.signal(signal.SIGHUP, lambda *_: inbox.request_reconcile())
+    signal.signal(signal.SIGHUP, lambda *_: inbox.request_reconcile(retry_refused=True))
     signal.signal(signal.SIGTERM, _terminate)
     try:
         Listener(stdin, stdout, inbox).run()

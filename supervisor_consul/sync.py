@@ -44,6 +44,7 @@ log = logging.getLogger("supervisor_consul")
 class Batch:
     hints: list[Hint] = field(default_factory=list)
     reconcile: bool = False
+    retry_refused: bool = False  # an operator asked (SIGHUP): retry refused operations now too
     closed: bool = False
 
 
@@ -54,6 +55,7 @@ class Inbox:
         self._ready = threading.Condition()
         self._hints: deque[Hint] = deque()
         self._reconcile = False
+        self._retry_refused = False
         self._closed = False
 
     def post(self, hint: Hint) -> None:
@@ -64,9 +66,12 @@ class Inbox:
             self._hints.append(hint)
             self._ready.notify()
 
-    def request_reconcile(self) -> None:
+    def request_reconcile(self, retry_refused: bool = False) -> None:
+        """retry_refused: the operator may just have fixed what the agent refused
+        (a policy, a token), so don't wait out REFUSED_RETRY."""
         with self._ready:
             self._reconcile = True
+            self._retry_refused |= retry_refused
             self._ready.notify()
 
     def close(self) -> None:
@@ -78,9 +83,9 @@ class Inbox:
         with self._ready:
             if not (self._hints or self._reconcile or self._closed):
                 self._ready.wait(timeout)
-            batch = Batch(list(self._hints), self._reconcile, self._closed)
+            batch = Batch(list(self._hints), self._reconcile, self._retry_refused, self._closed)
             self._hints.clear()
-            self._reconcile = False
+            self._reconcile = self._retry_refused = False
             return batch
 
 
@@ -144,6 +149,8 @@ class Sync:
 
     def _round(self, batch: Batch) -> None:
         wants_reconcile = batch.reconcile
+        if batch.retry_refused:
+            self._retry_at.clear()
         for hint in batch.hints:
             wants_reconcile |= self._fold(hint)
         if wants_reconcile and self.actual is not None:

@@ -406,3 +406,23 @@ def test_a_bug_in_a_round_is_logged_once_and_the_loop_recovers(world, caplog):
     world.deliver()
     assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL)]
     assert "reconciled again after the unexpected error" in caplog.text
+
+
+def test_sighup_retries_a_refused_operation_at_once_other_reconciles_wait(world):
+    world.agent.register = lambda *a, **k: (_ for _ in ()).throw(
+        ConsulError("refused PUT /v1/agent/service/register (web): 403 Permission denied", status=403))
+    world.deliver()
+    del world.agent.register  # the operator fixed the policy: the fake's own method again
+    world.monotonic.advance(1)
+
+    world.sync.inbox = inbox = Inbox()
+    inbox.request_reconcile()  # e.g. a poolserial gap: the refusal is still waited out
+    inbox.close()
+    world.sync.run()
+    assert world.take_writes() == []
+
+    world.sync.inbox = inbox = Inbox()
+    inbox.request_reconcile(retry_refused=True)  # SIGHUP
+    inbox.close()
+    world.sync.run()
+    assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL)]
