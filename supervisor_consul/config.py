@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import supervisor.options as supervisor_options
@@ -43,7 +44,11 @@ RESERVED_META = ("external-source", "supervisor-consul-owner", "supervisor-consu
 MAX_META_PAIRS = 64  # Consul's limit, our own keys included
 DNS_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5})$")
+HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>[0-9]{1,5})$")
+META_VALUE_BYTES = 512  # Consul counts bytes, not characters
+# Consul reads durations with Go's time.ParseDuration: whole nanoseconds in an int64.
+_NANOSECONDS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+MAX_NANOSECONDS = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -315,11 +320,14 @@ def _spec(parser: Any, section: str, group: str, process: str, expansions: dict[
         try:
             return parser.saneget(section, key, expansions={**expansions, **(extra or {})}).strip()
         except ValueError as exc:
-            problems.append(problem(key, raw, f"cannot expand: {_short(exc)}"))
+            problems.append(problem(key, raw, f"cannot expand: {_short(exc)}; write a literal % as %%"))
             return None
 
     def given(key: str) -> bool:
         return parser.has_option(section, key)
+
+    def raw(key: str) -> str:
+        return parser.get(section, key)
 
     # The service is named after the program, not after one of its processes.
     name = get("name") if given("name") else str(expansions["program_name"])
@@ -352,26 +360,33 @@ def _spec(parser: Any, section: str, group: str, process: str, expansions: dict[
             problems.append(problem(key, value, "meta keys are 1-128 letters, digits, '-' or '_'"))
         elif meta_key in RESERVED_META or meta_key.lower().startswith("consul-"):
             problems.append(problem(key, value, f"meta key {meta_key!r} is reserved; choose another name"))
-        elif len(value) > 512:
-            problems.append(problem(key, value[:40] + "…", "meta values are at most 512 characters"))
+        elif len(value.encode()) > META_VALUE_BYTES:
+            problems.append(problem(key, value[:40] + "…", f"meta values are at most {META_VALUE_BYTES} bytes "
+                                                           f"(UTF-8); shorten it"))
         else:
             meta.append((meta_key, value))
-    if len(meta) + len(RESERVED_META) > MAX_META_PAIRS:
-        problems.append(problem(None, None, f"at most {MAX_META_PAIRS - len(RESERVED_META)} meta.KEY entries"))
+    allowed = MAX_META_PAIRS - len(RESERVED_META)
+    if len(meta) > allowed:
+        # Name the first entry over the limit: a problem without a key is one a user has to hunt for.
+        first_over, value = meta[allowed]
+        problems.append(problem(META_PREFIX + first_over, value, f"at most {allowed} meta.KEY entries; "
+                                                                 f"remove this one and those after it"))
 
-    check_text = get("check", DEFAULTS["check"], {"port": port}) or DEFAULTS["check"]
+    check_text = get("check", DEFAULTS["check"], {"port": port})
+    check_text = DEFAULTS["check"] if check_text == "" else check_text
     ttl_check = check_text != "none"
     check = None
-    if check_text not in ("ttl", "none"):
+    if check_text in ("ttl", "none"):
+        for key in ("interval", "timeout"):
+            if given(key):
+                problems.append(problem(key, raw(key), f"{key} applies to an http or tcp check; "
+                                                       f"this section has check = {check_text}"))
+    else:  # None: check could not be expanded; its interval and timeout still get checked
         check = _consul_check(check_text, get, problem, problems)
-    for key in ("interval", "timeout"):
-        if given(key) and check is None and not _has_problem(problems, count, "check"):
-            problems.append(problem(key, get(key), f"{key} applies to an http or tcp check; "
-                                                   f"this section has check = {check_text}"))
     if not ttl_check:
         for key in ("ttl", "deregister_after", "on_fatal"):
             if given(key):
-                problems.append(problem(key, get(key), f"{key} needs the process-state check; "
+                problems.append(problem(key, raw(key), f"{key} needs the process-state check; "
                                                        f"remove it or the line check = none"))
 
     ttl = _duration(get, "ttl", problem, problems, positive=True)
@@ -386,7 +401,7 @@ def _spec(parser: Any, section: str, group: str, process: str, expansions: dict[
         deregister_after = _duration(get, "deregister_after", problem, problems, positive=True)
 
     on_fatal = get("on_fatal", DEFAULTS["on_fatal"])
-    if on_fatal not in ON_FATAL:
+    if on_fatal is not None and on_fatal not in ON_FATAL:
         problems.append(problem("on_fatal", on_fatal, "on_fatal must be deregister or critical"))
 
     if len(problems) > count or name is None or ttl is None:
@@ -400,10 +415,15 @@ def _spec(parser: Any, section: str, group: str, process: str, expansions: dict[
     )
 
 
-def _consul_check(text: str, get: Any, problem: Any, problems: list[Problem]) -> ConsulCheck | None:
+def _consul_check(text: str | None, get: Any, problem: Any, problems: list[Problem]) -> ConsulCheck | None:
     interval = _duration(get, "interval", problem, problems, positive=True)
     timeout = _duration(get, "timeout", problem, problems, positive=True)
+    if text is None:
+        return None
     scheme, sep, rest = text.partition("://")
+    if any(c.isspace() for c in rest):
+        # Consul takes `http://a b/` and `tcp://h:80 x` but its check can never pass.
+        sep = ""
     if sep and scheme in ("http", "https") and rest and not rest.startswith("/"):
         kind, target = "http", text
     elif sep and scheme == "tcp" and HOST_PORT.match(rest) and 0 < int(HOST_PORT.match(rest)["port"]) < 65536:
@@ -423,19 +443,28 @@ def _duration(get: Any, key: str, problem: Any, problems: list[Problem], positiv
         return None
     try:
         value = durations.normalize(text)
+        # durations' \d also takes '١٠s'; Go (and so Consul) only ASCII digits.
+        if not value.replace("µ", "").isascii():
+            raise ValueError(value)
     except ValueError:
         problems.append(problem(key, text, "a duration such as 15s, 500ms, 5m or 1h30m"))
         return None
-    if positive and durations.seconds(value) <= 0:
+    nanoseconds = _nanoseconds(value)
+    if positive and nanoseconds < 1:  # Go truncates to whole ns: 0.5ns is zero to Consul
         problems.append(problem(key, text, "must be more than zero"))
         return None
+    if nanoseconds > MAX_NANOSECONDS:
+        problems.append(problem(key, text, "at most 2562047h (Consul's limit)"))
+        return None
     return value
+
+
+def _nanoseconds(duration: str) -> int:
+    """A normalized duration as Go's time.ParseDuration counts it (each part truncated to whole ns)."""
+    return sum(int(Decimal(number) * _NANOSECONDS[unit])
+               for number, unit in re.findall(r"([0-9.]+)([a-zµ]+)", duration))
 
 
 def _short(exc: Exception) -> str:
     """supervisor's expansion errors end with every ENV_ name there is: keep the point."""
     return " ".join(str(exc).split(". Available names:")[0].split())
-
-
-def _has_problem(problems: list[Problem], since: int, key: str) -> bool:
-    return any(p.key == key for p in problems[since:])

@@ -9,10 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from supervisor.options import make_namespec
+from supervisor.states import ProcessStates
 
 from .protocol import Event
 
 PROCESS_STATE_PREFIX = "PROCESS_STATE_"
+SUPERVISOR_STATE_PREFIX = "SUPERVISOR_STATE_CHANGE_"
+# Only the states supervisord has, and only the supervisor states it announces:
+# anything else in an event name is no news, and must not reach the state mapping.
+PROCESS_STATES = frozenset(name for name in vars(ProcessStates) if name.isupper())
+SUPERVISOR_STATES = ("RUNNING", "STOPPING")
 
 
 @dataclass(frozen=True)
@@ -46,19 +52,21 @@ def hint_for(event: Event) -> Hint | None:
     name = event.name
     fields = event.payload_headers
     if name.startswith(PROCESS_STATE_PREFIX):
-        if "processname" not in fields or "groupname" not in fields:
+        state = name[len(PROCESS_STATE_PREFIX):]
+        if state not in PROCESS_STATES or "processname" not in fields or "groupname" not in fields:
             return None
         return ProcessStateChange(
             namespec=make_namespec(fields["groupname"], fields["processname"]),
-            state=name[len(PROCESS_STATE_PREFIX):],
+            state=state,
             from_state=fields.get("from_state", ""),
             pid=_int(fields.get("pid")),
             expected=(fields["expected"] == "1") if "expected" in fields else None,
         )
     if name in ("PROCESS_GROUP_ADDED", "PROCESS_GROUP_REMOVED"):
         return GroupsChanged(fields.get("groupname", ""))
-    if name.startswith("SUPERVISOR_STATE_CHANGE_"):
-        return SupervisorStateChange(name[len("SUPERVISOR_STATE_CHANGE_"):])
+    if name.startswith(SUPERVISOR_STATE_PREFIX):
+        state = name[len(SUPERVISOR_STATE_PREFIX):]
+        return SupervisorStateChange(state) if state in SUPERVISOR_STATES else None
     return None
 
 

@@ -8,15 +8,18 @@ or dead agent never stalls supervisord's event pool.
 from __future__ import annotations
 
 import logging
+import re
 from collections import deque
 from typing import TextIO
 
 from .events import hint_for
-from .protocol import READY, RESULT_OK, MalformedHeader, read_event, send
+from .protocol import READY, RESULT_OK, Unreadable, read_event, send
 from .sync import Inbox
 
 log = logging.getLogger("supervisor_consul")
 RECENT_SERIALS = 1024
+MAX_POOLS = 16  # supervisord sends one pool name per listener; more is garbage to forget
+_POOLSERIAL = re.compile(r"[0-9]{1,18}")  # ASCII: int() would take '٣' and choke on '²'
 
 
 class Listener:
@@ -27,6 +30,7 @@ class Listener:
         self._recent: deque[str] = deque(maxlen=RECENT_SERIALS)
         self._poolserials: dict[str, int] = {}  # pool -> the last poolserial seen
         self.events = 0
+        self.skipped = 0  # unreadable header lines and oversized events, answered and dropped
         self.lost = 0  # events supervisord dropped before they reached us (poolserial gaps)
 
     def run(self) -> None:
@@ -35,9 +39,12 @@ class Listener:
         while True:
             try:
                 event = read_event(self.stdin)
-            except MalformedHeader as exc:
+            except Unreadable as exc:
                 # supervisord waits for a result whatever it sent; answer so it goes on.
                 log.warning("%s; skipped, reconciling instead", exc)
+                self.skipped += 1
+                if exc.event is not None:
+                    self._notice_gap(exc.event)
                 self.inbox.request_reconcile()
                 send(self.stdout, RESULT_OK + READY)
                 continue
@@ -72,10 +79,12 @@ class Listener:
         unknown, so ask for a reconcile instead.  A smaller poolserial is a new
         pool (supervisord reloaded) or a redelivery, not a loss."""
         pool, serial = event.headers.get("pool", ""), event.headers.get("poolserial", "")
-        if not serial.isdigit():
+        if not _POOLSERIAL.fullmatch(serial):
             return
         number = int(serial)
         last = self._poolserials.get(pool)
+        if last is None and len(self._poolserials) >= MAX_POOLS:
+            self._poolserials.clear()
         self._poolserials[pool] = max(number, last) if last is not None and number <= last + 1 else number
         if last is not None and number > last + 1:
             missed = number - last - 1

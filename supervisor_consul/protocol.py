@@ -10,6 +10,7 @@ read as the start of the next token and wedges the listener in UNKNOWN.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import sys
@@ -20,10 +21,35 @@ from supervisor.childutils import get_headers
 
 READY = "READY\n"
 RESULT_OK = "RESULT 2\nOK"
+# supervisord's headers are about 100 characters and the payloads we act on
+# (PROCESS_STATE, PROCESS_GROUP, TICK) well under 1 KiB; PROCESS_LOG chunks are at
+# most 128 KiB.  Beyond these a line or payload is consumed in chunks and
+# dropped, so hostile input cannot make the listener hold unbounded memory.
+MAX_HEADER_CHARS = 1 << 16
+MAX_PAYLOAD_CHARS = 1 << 20
+_CHUNK_CHARS = 1 << 16
+_LEN = re.compile(r"[0-9]{1,18}")  # ASCII digits only: int() would take '٣' and choke on '²'
+
+log = logging.getLogger("supervisor_consul")
 
 
-class MalformedHeader(ValueError):
+class Unreadable(ValueError):
+    """Input the listener answers and skips: supervisord waits for a result either way."""
+
+    event: Event | None = None
+
+
+class MalformedHeader(Unreadable):
     """A header line we cannot read; its payload length is unknown."""
+
+
+class OversizedEvent(Unreadable):
+    """An event whose payload is over MAX_PAYLOAD_CHARS: consumed, in step, but dropped."""
+
+    def __init__(self, event: Event, length: int) -> None:
+        super().__init__(f"event {event.name or '?'} serial {event.serial or '?'} has {length} characters "
+                         f"of payload, more than the {MAX_PAYLOAD_CHARS} the listener reads")
+        self.event = event
 
 
 @dataclass(frozen=True)
@@ -48,7 +74,7 @@ _HEADER_FIELD = re.compile(r"(?:^|\s)([a-z]+):(\S*)")
 
 def parse_header(line: str) -> dict[str, str]:
     headers = dict(_HEADER_FIELD.findall(line))
-    if not headers.get("len", "").isdigit() or not line.endswith("\n"):
+    if not _LEN.fullmatch(headers.get("len", "")) or not line.endswith("\n"):
         raise MalformedHeader(f"unreadable event header {line[:200]!r}")
     return headers
 
@@ -63,16 +89,54 @@ def parse_payload_headers(payload: str) -> dict[str, str]:
 
 
 def read_event(stdin: TextIO) -> Event | None:
-    """The next event, or None at end of input (supervisord went away)."""
-    line = stdin.readline()
+    """The next event, or None at end of input (supervisord went away).
+
+    A line is what ends in `\\n`.  A line that is no header raises
+    MalformedHeader and the next call starts at the next line; a header's
+    `len` is trusted, as supervisord's always is.  A payload over
+    MAX_PAYLOAD_CHARS is read and dropped (OversizedEvent), which keeps the
+    stream in step without holding it.  Input cut short by EOF is logged
+    and gives None: there is no one left to answer.
+    """
+    line = stdin.readline(MAX_HEADER_CHARS)
     if not line:
         return None
+    if not line.endswith("\n"):
+        if len(line) < MAX_HEADER_CHARS or not _skip_line(stdin):
+            log.warning("the event stream ended inside a header %r; it is lost", line[:200])
+            return None
+        raise MalformedHeader(f"event header longer than {MAX_HEADER_CHARS} characters {line[:200]!r}")
     headers = parse_header(line)
     length = int(headers["len"])
-    payload = stdin.read(length) if length > 0 else ""
-    if len(payload) < length:
-        return None  # truncated: supervisord closed our stdin mid-event
+    if length > MAX_PAYLOAD_CHARS:
+        payload_read = _skip(stdin, length)
+        payload = ""
+    else:
+        payload = stdin.read(length) if length > 0 else ""
+        payload_read = len(payload)
+    if payload_read < length:
+        log.warning("the event stream ended inside event %s serial %s (%d of %d characters); it is lost",
+                    headers.get("eventname", "?"), headers.get("serial", "?"), payload_read, length)
+        return None
+    if length > MAX_PAYLOAD_CHARS:
+        raise OversizedEvent(Event(headers), length)
     return Event(headers, payload, parse_payload_headers(payload))
+
+
+def _skip_line(stdin: TextIO) -> bool:
+    """Consume the rest of an over-long line; False if EOF came first."""
+    while chunk := stdin.readline(_CHUNK_CHARS):
+        if chunk.endswith("\n"):
+            return True
+    return False
+
+
+def _skip(stdin: TextIO, length: int) -> int:
+    """Consume `length` characters a chunk at a time; how many there were."""
+    done = 0
+    while done < length and (chunk := stdin.read(min(_CHUNK_CHARS, length - done))):
+        done += len(chunk)
+    return done
 
 
 def send(stdout: TextIO, text: str) -> None:
@@ -84,11 +148,12 @@ def protocol_streams() -> tuple[TextIO, TextIO]:
     """stdin and stdout for the protocol, with fd 1 handed over to stderr.
 
     stdin is read as UTF-8 without newline translation so `len` counts the
-    characters supervisord counted.  The protocol keeps a private copy of
-    fd 1 and fd 1 itself becomes stderr, so a stray print() from any library
-    lands in the log instead of corrupting the protocol.
+    characters supervisord counted, and only `\\n` ends a line, as supervisord
+    ends its headers (a stray `\\r` must not split one).  The protocol keeps
+    a private copy of fd 1 and fd 1 itself becomes stderr, so a stray print()
+    from any library lands in the log instead of corrupting the protocol.
     """
-    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline="")
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline="\n")
     stdout = os.fdopen(os.dup(1), "w", encoding="utf-8", newline="")
     os.dup2(2, 1)
     sys.stdout = sys.stderr

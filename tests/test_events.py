@@ -101,3 +101,10 @@ def test_ticks_carry_nothing(eventname, payload):
 ])
 def test_unknown_events_carry_nothing(eventname, payload):
     assert hint_for(event(eventname, payload)) is None
+
+
+@pytest.mark.parametrize("eventname", ["PROCESS_STATE_", "PROCESS_STATE_CRASHED", "PROCESS_STATE_running",
+                                       "SUPERVISOR_STATE_CHANGE_", "SUPERVISOR_STATE_CHANGE_PAUSED"])
+def test_states_supervisord_does_not_have_carry_nothing(eventname):
+    # A state outside supervisord's would otherwise reach the state mapping as "lost track of it".
+    assert hint_for(event(eventname, "processname:web groupname:web from_state:RUNNING pid:7")) is None

@@ -11,6 +11,7 @@ import re
 import pytest
 
 from supervisor_consul import listener as listener_module
+from supervisor_consul import protocol
 from supervisor_consul.events import GroupsChanged, ProcessStateChange, SupervisorStateChange
 from supervisor_consul.listener import Listener
 from supervisor_consul.protocol import MalformedHeader, read_event
@@ -254,3 +255,36 @@ def test_no_gap_no_reconcile(poolserials):
 def test_a_malformed_header_asks_for_a_reconcile():
     _, inbox, _ = run_listener("this is no header\n")
     assert inbox.take(0).reconcile
+
+
+@pytest.mark.parametrize("header", [
+    "ver:3.0 eventname:TICK_5 len:\u00b2\n",  # str.isdigit() says yes, int() says no
+    "ver:3.0 eventname:TICK_5 len:\u0663\n",  # int() reads it as 3; supervisord never writes it
+    "ver:3.0 eventname:TICK_5 len:" + "9" * 5000 + "\n",  # past int()'s digit limit
+])
+def test_a_len_of_no_ascii_number_is_skipped_not_a_crash(header):
+    out, inbox, listener = run_listener(header + running(2))
+    assert out == "READY\n" + "RESULT 2\nOKREADY\n" * 2
+    assert (listener.skipped, listener.events) == (1, 1)
+    assert inbox.take(0).hints == [ProcessStateChange("web", "RUNNING", "STARTING", 100)]
+
+
+def test_a_poolserial_of_no_ascii_number_is_no_gap_and_no_crash():
+    text = envelope("TICK_5", "when:1", serial=1, poolserial=1).replace("poolserial:1", "poolserial:\u00b2")
+    _, inbox, listener = run_listener(text + running(2))
+    assert listener.lost == 0 and listener.events == 2
+
+
+def test_pools_remembered_are_bounded():
+    text = "".join(envelope("TICK_5", "when:1", serial=n).replace("pool:consul", f"pool:p{n}") for n in range(100))
+    _, _, listener = run_listener(text)
+    assert len(listener._poolserials) <= listener_module.MAX_POOLS
+
+
+def test_an_oversized_event_is_answered_and_keeps_the_stream_in_step(monkeypatch, caplog):
+    monkeypatch.setattr(protocol, "MAX_PAYLOAD_CHARS", 80)  # running() fits
+    out, inbox, listener = run_listener(envelope("PROCESS_LOG_STDOUT", "x" * 81, serial=1) + running(2))
+    assert out == "READY\n" + "RESULT 2\nOKREADY\n" * 2
+    assert (listener.skipped, listener.events, listener.lost) == (1, 1, 0)  # its poolserial still counts
+    assert inbox.take(0).reconcile
+    assert "event PROCESS_LOG_STDOUT serial 1 has 81 characters of payload" in caplog.text
