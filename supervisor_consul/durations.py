@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
-_NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
+# [0-9], not \d: Go (and so Consul) reads only ASCII digits, \d also takes '١٠'.
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
+_WHOLE = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?(?:ns|us|µs|ms|s|m|h))+$")
+_NUMBER = re.compile(r"^[0-9]+(?:\.[0-9]+)?$")
 
 
 def normalize(text: str) -> str:
