@@ -116,17 +116,17 @@ def _with_nc_on_path(env: dict) -> dict:
     return env
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, starttime) of a pid from /proc, or None if there is none."""
+def _proc_stat(pid: int | str) -> tuple[str, int, int] | None:
+    """(state, parent pid, starttime) of a pid from /proc, or None if there is none."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read().decode("ascii", "replace")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    except OSError:
         return None
     # comm may hold spaces and parentheses: split after the last ')'.
     rest = data[data.rfind(")") + 2:].split()
-    # rest[0] is field 3 (state); starttime is field 22 -> rest[19]
-    return rest[0], int(rest[19])
+    # rest[0] is field 3 (state), rest[1] field 4 (ppid); starttime is field 22 -> rest[19]
+    return rest[0], int(rest[1]), int(rest[19])
 
 
 def pid_alive(pid: int) -> bool:
@@ -143,23 +143,23 @@ def pid_alive(pid: int) -> bool:
     return st[0] not in ("Z", "X")
 
 
-def _starttime(pid: int) -> int | None:
+def parent_pid(pid: int) -> int | None:
+    """pid's parent from /proc, or None if pid is gone."""
     st = _proc_stat(pid)
     return None if st is None else st[1]
+
+
+def _starttime(pid: int) -> int | None:
+    st = _proc_stat(pid)
+    return None if st is None else st[2]
 
 
 def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read().decode("ascii", "replace")
-        except OSError:
-            continue
-        rest = data[data.rfind(")") + 2:].split()
-        children.setdefault(int(rest[1]), []).append(int(entry))
+        st = _proc_stat(entry) if entry.isdigit() else None
+        if st is not None:
+            children.setdefault(st[1], []).append(int(entry))
     return children
 
 
@@ -512,7 +512,7 @@ class Supervisord:
         self._record_children()
         pids = {self._proc.pid: _starttime(self._proc.pid), **self._leftovers}
         for pid, start in pids.items():
-            if start is None or _starttime(pid) == start:
+            if start is not None and _starttime(pid) == start:  # None: gone already, the pid may be reused
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:

@@ -17,8 +17,8 @@ import xmlrpc.client
 import pytest
 
 from tests.faults import answer_times, converge, drift, listener_pid, overflows, owner_of, rss_and_fds, sigkill
-from tests.harness import ConsulAgent, wait_for
-from tests.test_integration import listener, unique
+from tests.harness import ConsulAgent, parent_pid, wait_for
+from tests.test_integration import listener, listener_log, unique
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 
@@ -57,6 +57,7 @@ def test_agent_stopped_while_programs_change(own_agent, supervisord_factory, con
     service = unique("outage")
     sv = supervisord_factory(programs(service, ["p1", "p2", "p3", "p4"], stopped=("p4",)) + listener(own_agent))
     converge(own_agent, sv)
+    pid = listener_pid(sv)
 
     own_agent.stop()
     down_since = time.monotonic()
@@ -70,7 +71,7 @@ def test_agent_stopped_while_programs_change(own_agent, supervisord_factory, con
     seconds = converge(own_agent, sv)
     converged(seconds, "after the agent answered again (1-5 s backoff)")
     assert seconds < 15
-    assert listener_pid(sv)  # still the listener supervisord started
+    assert listener_pid(sv) == pid  # an outage is waited out, not a reason to exit
 
 
 @pytest.mark.fault("2. agent hung (SIGSTOP) 20 s")
@@ -98,7 +99,7 @@ def test_agent_hung_events_still_answered(own_agent, supervisord_factory, conver
     converged(seconds, f"{len(answers)} events answered during the hang, none dropped; "
                        f"slowest answer {slowest * 1000:.0f} ms")
     assert overflows(sv) == at_start
-    assert slowest < 1.0, "an event waited on the hung agent"
+    assert slowest < 2.0, "an event waited on the hung agent (its timeout is 5 s)"
     assert listener_pid(sv) == pid
     assert seconds < 15
 
@@ -153,7 +154,7 @@ def test_supervisord_killed_instances_expire(own_agent, supervisord_factory, con
                       if check["ServiceName"] == service} == {"critical"},
              timeout=15, message="every instance critical within ttl")
     critical_after = time.monotonic() - killed
-    assert critical_after <= 5 + 1
+    assert critical_after <= 5 + 3  # Consul's TTL timer, plus polling on a busy machine
     # Consul's minimum for DeregisterCriticalServiceAfter is 1m and it reaps every 30 s.
     wait_for(lambda: list(own_agent.services()) == [foreign["ID"]], timeout=60 + 30 + 30,
              message="Consul to reap the instances, and only them")
@@ -238,6 +239,7 @@ name={service}
                        f"({overflows(sv)} events dropped by supervisord)")
     assert len(consul_agent.health(service)) == 300
     assert overflows(sv) > 0, "the burst should overflow buffer_size=10; it proves nothing otherwise"
+    assert "supervisord dropped" in listener_log(sv)  # the poolserial gap was seen
     assert seconds < 20
 
 
@@ -258,8 +260,8 @@ def test_churn_soak(consul_agent, supervisord_factory, converged):
         try:
             if action == "crash":
                 victim = rpc.getProcessInfo(name)["pid"]
-                if victim <= 0:
-                    raise ProcessLookupError  # not running
+                if victim <= 0 or parent_pid(victim) != sv.pid:
+                    raise ProcessLookupError  # not running, or reaped since we asked
                 sigkill(victim)
             else:  # without waiting, so transitions overlap as they do under load
                 getattr(rpc, f"{action}Process")(name, False)
