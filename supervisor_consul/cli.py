@@ -12,7 +12,8 @@ import threading
 from collections.abc import Sequence
 
 from . import __version__, config
-from .agent import Agent, SettingError, connection
+from .agent import Agent
+from .connection import SettingError, connection
 from .listener import Listener
 from .protocol import protocol_streams
 from .sync import Inbox, Sync

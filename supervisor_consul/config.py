@@ -15,7 +15,6 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import supervisor.options as supervisor_options
@@ -46,9 +45,6 @@ DNS_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>[0-9]{1,5})$")
 META_VALUE_BYTES = 512  # Consul counts bytes, not characters
-# Consul reads durations with Go's time.ParseDuration: whole nanoseconds in an int64.
-_NANOSECONDS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
-MAX_NANOSECONDS = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -446,20 +442,14 @@ def _duration(get: Any, key: str, problem: Any, problems: list[Problem], positiv
     except ValueError:
         problems.append(problem(key, text, "a duration such as 15s, 500ms, 5m or 1h30m"))
         return None
-    nanoseconds = _nanoseconds(value)
+    nanoseconds = durations.nanoseconds(value)
     if positive and nanoseconds < 1:  # Go truncates to whole ns: 0.5ns is zero to Consul
         problems.append(problem(key, text, "must be more than zero"))
         return None
-    if nanoseconds > MAX_NANOSECONDS:
+    if nanoseconds > durations.MAX_NANOSECONDS:
         problems.append(problem(key, text, "at most 2562047h (Consul's limit)"))
         return None
     return value
-
-
-def _nanoseconds(duration: str) -> int:
-    """A normalized duration as Go's time.ParseDuration counts it (each part truncated to whole ns)."""
-    return sum(int(Decimal(number) * _NANOSECONDS[unit])
-               for number, unit in re.findall(r"([0-9.]+)([a-zµ]+)", duration))
 
 
 def _short(exc: Exception) -> str:

@@ -8,7 +8,6 @@ or dead agent never stalls supervisord's event pool.
 from __future__ import annotations
 
 import logging
-import re
 from collections import deque
 from typing import TextIO
 
@@ -19,7 +18,6 @@ from .sync import Inbox
 log = logging.getLogger("supervisor_consul")
 RECENT_SERIALS = 1024
 MAX_POOLS = 16  # supervisord sends one pool name per listener; more is garbage to forget
-_POOLSERIAL = re.compile(r"[0-9]{1,18}")  # ASCII: int() would take '٣' and choke on '²'
 
 
 class Listener:
@@ -76,12 +74,12 @@ class Listener:
     def _notice_gap(self, event) -> None:
         """A skipped poolserial means supervisord dropped events (a full buffer
         drops the oldest, which already had its poolserial): what they said is
-        unknown, so ask for a reconcile instead.  A smaller poolserial is a new
-        pool (supervisord reloaded) or a redelivery, not a loss."""
-        pool, serial = event.headers.get("pool", ""), event.headers.get("poolserial", "")
-        if not _POOLSERIAL.fullmatch(serial):
+        unknown, so ask for a reconcile instead.  A smaller poolserial is an
+        event redelivered after a rejection, not a loss.  (A reload restarts the
+        listener, so a new pool's serials start with a new listener.)"""
+        pool, number = event.headers.get("pool", ""), event.pool_serial
+        if number is None:
             return
-        number = int(serial)
         last = self._poolserials.get(pool)
         if last is None and len(self._poolserials) >= MAX_POOLS:
             self._poolserials.clear()

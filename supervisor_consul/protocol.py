@@ -28,7 +28,7 @@ RESULT_OK = "RESULT 2\nOK"
 MAX_HEADER_CHARS = 1 << 16
 MAX_PAYLOAD_CHARS = 1 << 20
 _CHUNK_CHARS = 1 << 16
-_LEN = re.compile(r"[0-9]{1,18}")  # ASCII digits only: int() would take '٣' and choke on '²'
+_NUMBER = re.compile(r"[0-9]{1,18}")  # ASCII digits only: int() would take '٣' and choke on '²'
 
 log = logging.getLogger("supervisor_consul")
 
@@ -66,6 +66,12 @@ class Event:
     def serial(self) -> str:
         return self.headers.get("serial", "")
 
+    @property
+    def pool_serial(self) -> int | None:
+        """supervisord's per-pool counter, given when the event entered the pool."""
+        text = self.headers.get("poolserial", "")
+        return int(text) if _NUMBER.fullmatch(text) else None
+
 
 # supervisord writes `ver:3.0 server:ID serial:N pool:P poolserial:N eventname:E len:N`;
 # the [supervisord] identifier behind `server:` may contain spaces, so no split().
@@ -74,7 +80,7 @@ _HEADER_FIELD = re.compile(r"(?:^|\s)([a-z]+):(\S*)")
 
 def parse_header(line: str) -> dict[str, str]:
     headers = dict(_HEADER_FIELD.findall(line))
-    if not _LEN.fullmatch(headers.get("len", "")) or not line.endswith("\n"):
+    if not _NUMBER.fullmatch(headers.get("len", "")) or not line.endswith("\n"):
         raise MalformedHeader(f"unreadable event header {line[:200]!r}")
     return headers
 

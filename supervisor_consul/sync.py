@@ -130,6 +130,7 @@ class Sync:
         self._logged_problems: set[config.Problem] = set()
         self._reconcile_at = 0.0
         self._backoff = BACKOFF_FIRST
+        self._failed_rounds = 0  # in a row, each met with a bug
         self._retry_at: dict[str, float] = {}  # service ID -> when to retry a refused operation
         self._heartbeat_every = IDLE_WAKEUP  # the shortest ttl/3 of any registration
 
@@ -161,6 +162,9 @@ class Sync:
         if reconciled:
             log.debug("reconcile done: %d instances owned in the agent, %d operations applied",
                       len(self.actual or {}), applied)
+            if self._failed_rounds:
+                self._failed_rounds = 0
+                self.conditions.clear("round", "the sync loop reconciled again after the unexpected error")
 
     def _round_failed(self, exc: Exception) -> None:
         """A bug met in one round: exiting would only have supervisord restart us into
@@ -169,7 +173,10 @@ class Sync:
                                         "reading everything afresh (please report this)", logging.ERROR,
                                exc_info=exc)
         self.actual = None
-        self._schedule_retry()
+        # Its own backoff: a reconcile that succeeds before the bug resets the agent's.
+        self._failed_rounds += 1
+        delay = min(BACKOFF_FIRST * 2 ** (self._failed_rounds - 1), RECONCILE_EVERY)
+        self._reconcile_at = self._monotonic() + delay
 
     def _wait(self) -> float:
         return max(0.0, min(self._heartbeat_every, self._reconcile_at - self._monotonic()))
@@ -281,7 +288,6 @@ class Sync:
             return False
         self.actual = {sid: self._keep_heartbeat_time(have) for sid, have in fresh.items()}
         self.conditions.clear("agent", f"Consul agent at {self.agent.endpoint} answers again; reconciled")
-        self.conditions.clear("round", "the sync loop reconciled again after the unexpected error")
         self._backoff = BACKOFF_FIRST
         self._reconcile_at = self._monotonic() + RECONCILE_EVERY
         return True

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from supervisor_consul.agent import Agent, Connection, ConsulError, SettingError, connection
+from supervisor_consul.agent import Agent, ConsulError
+from supervisor_consul.connection import Connection, SettingError, connection
 from tests.secure_agent import TestCA
 
 
@@ -354,8 +355,32 @@ def test_403_acl_not_found_says_the_token_is_unknown(mocker):
 def test_a_404_answer_is_an_error_not_a_success(mocker):
     from supervisor_consul import agent
     from supervisor_consul.health import Health
-    client = agent.Agent(agent.connection(http_addr="127.0.0.1:1", env={}))
+    client = agent.Agent(connection(http_addr="127.0.0.1:1", env={}))
     mocker.patch.object(client.client.agent.check, "ttl_pass", return_value=False)
     with pytest.raises(agent.ConsulError) as raised:
         client.update_ttl("x:process", Health("passing", "RUNNING pid 1"), "web")
     assert raised.value.status == 404 and raised.value.lost
+
+
+def test_unverified_tls_is_said_once_not_on_every_request(caplog, recwarn):
+    agent = Agent(connection(http_addr="https://127.0.0.1:1", env={"CONSUL_HTTP_SSL_VERIFY": "false"}))
+    assert "is not verified" in caplog.text
+    for _ in range(2):
+        with pytest.raises(ConsulError):
+            agent.read_owned("owner")
+    assert not [w for w in recwarn if "Unverified HTTPS" in str(w.message)]
+
+
+@pytest.mark.parametrize("token", ["two\nlines-token", "pasted’quote-token", "with space-token"])
+def test_a_token_that_cannot_be_a_header_is_a_setting_error_that_never_echoes_it(tmp_path, token):
+    path = tmp_path / "token"
+    path.write_text(token)
+    with pytest.raises(SettingError) as error:
+        connection(token_file=str(path), env={})
+    assert token not in str(error.value) and "token" in str(error.value)
+
+
+def test_a_token_is_redacted_before_a_message_is_cut():
+    from supervisor_consul.agent import _text
+    token = "s3cr3t-token-abcdef"
+    assert token[:8] not in _text(ValueError("x" * 290 + token), token)

@@ -408,6 +408,28 @@ def test_a_bug_in_a_round_is_logged_once_and_the_loop_recovers(world, caplog):
     assert "reconciled again after the unexpected error" in caplog.text
 
 
+def test_a_bug_after_a_good_reconcile_is_logged_once_and_backs_off(world, caplog, mocker):
+    plan_ = mocker.patch("supervisor_consul.sync.plan.plan", side_effect=ValueError("bad plan"))
+    world.deliver()
+    for wait in (1.0, 2.0, 4.0):
+        reads = world.agent.reads
+        world.monotonic.advance(wait - 0.1)
+        world.deliver()
+        assert world.agent.reads == reads  # not yet: the delay doubles
+        world.monotonic.advance(0.1)
+        world.deliver()
+        assert world.agent.reads == reads + 1
+    assert caplog.text.count("unexpected ValueError in the sync loop") == 1
+    assert "reconciled again" not in caplog.text
+
+    plan_.side_effect = None
+    plan_.return_value = []
+    world.monotonic.advance(8.0)
+    caplog.set_level(logging.INFO, logger="supervisor_consul")
+    world.deliver()
+    assert "reconciled again after the unexpected error" in caplog.text
+
+
 def test_sighup_retries_a_refused_operation_at_once_other_reconciles_wait(world):
     world.agent.register = lambda *a, **k: (_ for _ in ()).throw(
         ConsulError("refused PUT /v1/agent/service/register (web): 403 Permission denied", status=403))
