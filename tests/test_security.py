@@ -138,15 +138,17 @@ def test_acl_no_token_or_read_only_token_names_the_missing_permission_once(secur
                 f"Missing service:write on {name}") in line
         assert advice in line
         assert status_of(agent, name) == [] and sv.state("consul") == "RUNNING"
-    # The condition changes: the token gets write; the next retry registers, and that is logged once.
+    # The condition changes: the token gets write and the operator says so with HUP (rather than
+    # waiting up to 30 s for the retry seen above); it registers, and that is logged once.
     refused = refusals(reader)
     granted = time.monotonic()
     agent.set_token_policies(read_only["AccessorID"], "read-only", "write-all")
+    assert with_token.ctl("signal", "HUP", "consul").returncode == 0
     wait_passing(agent, reader, timeout=45)
     took = time.monotonic() - granted
     assert len(log_lines(with_token, "the agent accepts it again")) == 1
     assert len(log_lines(with_token, ": 403 ")) == 1 and len(log_lines(no_token, ": 403 ")) == 1
-    converged(took, f"403 logged once over {refused} refusals; policy granted -> passing")
+    converged(took, f"403 logged once over {refused} refusals; policy granted + HUP -> passing")
 
 
 @pytest.mark.fault("9b. ACL: no/read-only token names the permission")
