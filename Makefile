@@ -4,11 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test faults demo check clean
+.PHONY: venv test faults bench demo check clean
 
 $(BIN)/.installed: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	touch $@
 
 venv: $(BIN)/.installed
@@ -23,6 +23,12 @@ faults: venv
 	scripts/get-consul >/dev/null
 	scripts/get-nc >/dev/null
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/python -m pytest -m fault -q
+
+# The benchmarks (issue 4): one table of figures beside baselines from the same run.
+bench: venv
+	scripts/get-consul >/dev/null
+	scripts/get-nc >/dev/null
+	$(BIN)/python -m bench
 
 demo: venv
 	scripts/demo

@@ -1,0 +1,45 @@
+"""`python -m bench [NAME ...]`: run the benchmarks and print one table.
+
+NAME is any of latency, burst, throughput, footprint (default: all).
+--quick runs each with small counts (seconds, not minutes) to check the
+scripts themselves; its figures mean little.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+from bench.report import Row, dump, machine, table
+
+ALL = ("latency", "burst", "throughput", "footprint")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(ALL))
+    parser.add_argument("--quick", action="store_true", help="small counts: check the scripts, not the figures")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in ALL]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(ALL)}")
+    rows: list[Row] = []
+    started = time.monotonic()
+    for name in args.names or ALL:
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        module = importlib.import_module(f"bench.{name}")
+        rows.extend(module.run(quick=args.quick))
+    print()
+    print("\n".join(table(rows)))
+    print()
+    print(f"machine: {machine()}")
+    print(f"took {time.monotonic() - started:.0f} s{' (--quick: figures are not meaningful)' if args.quick else ''}")
+    if args.json:
+        dump(rows, args.json)
+    return 0  # figures, not a verdict: the table says which targets were met
+
+
+if __name__ == "__main__":
+    sys.exit(main())
