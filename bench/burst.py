@@ -1,0 +1,138 @@
+"""Burst convergence: N processes started at once (`numprocs`, the default
+buffer_size=10): when supervisord has them all RUNNING, when Consul has them
+all passing, and the ratio of the two, both counted from the start command.
+
+supervisord's own log gives each RUNNING transition to the millisecond; the
+agent is polled (keep-alive, every 20 ms) for the passing count.  The plot of
+both counts over time goes to docs/burst-N.png.
+"""
+from __future__ import annotations
+
+import datetime
+import re
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from bench.report import Row
+from tests.harness import ConsulAgent, Supervisord, wait_for
+
+SIZES = (100, 300, 1000)
+QUICK_SIZES = (20,)
+TARGET_RATIO = 1.10
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+_RUNNING = re.compile(r"^(\S+ \S+) INFO success: (\S+) entered RUNNING state")
+
+
+def stanza(agent: ConsulAgent, n: int) -> str:
+    return f"""
+[program:burst]
+command=sleep 3600
+process_name=%(program_name)s_%(process_num)04d
+numprocs={n}
+autostart=false
+startsecs=1
+redirect_stderr=true
+stdout_logfile=NONE
+[consul:burst]
+name=burst
+
+[eventlistener:consul]
+command={sys.executable} -m supervisor_consul listen -c %(here)s/supervisord.conf --http-addr {agent.http_addr}
+events=PROCESS_STATE,PROCESS_GROUP,TICK_5
+buffer_size=10
+priority=-2
+autorestart=true
+stdout_logfile=NONE
+stderr_logfile=%(here)s/listener.log
+"""
+
+
+def _passing(session: requests.Session, agent: ConsulAgent) -> int:
+    checks = session.get(f"http://{agent.http_addr}/v1/agent/checks", timeout=5).json()
+    return sum(1 for check in checks.values() if check["ServiceName"] == "burst" and check["Status"] == "passing")
+
+
+def one(n: int, workdir: Path) -> dict:
+    with ConsulAgent(workdir / "consul") as agent:
+        sv = Supervisord(workdir / "supervisord", stanza(agent, n).replace("loglevel=debug", "loglevel=info"))
+        sv.conf.write_text(sv.conf.read_text().replace("loglevel=debug", "loglevel=info"))
+        try:
+            sv.start()
+            wait_for(lambda: sv.info("consul")["statename"] == "RUNNING", message="the listener RUNNING")
+            session = requests.Session()
+            samples: list[tuple[float, int]] = []
+            done = threading.Event()
+
+            def watch() -> None:
+                while not done.is_set():
+                    samples.append((time.time(), _passing(session, agent)))
+                    done.wait(0.02)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            started = time.time()
+            watcher.start()
+            sv.rpc().supervisor.startProcessGroup("burst", False)
+            wait_for(lambda: samples and samples[-1][1] == n, timeout=600, interval=0.05,
+                     message=f"{n} passing")
+            done.set()
+            watcher.join()
+            running = sorted(_running_times(sv.log_text()))
+            assert len(running) == n, f"{len(running)} RUNNING lines, wanted {n}"
+            all_passing = next(t for t, count in samples if count == n)
+            lost = sv.log_text().count("event buffer overflowed")
+            return {"n": n, "started": started, "running": [t - started for t in running],
+                    "passing": [(t - started, c) for t, c in samples],
+                    "all_running": running[-1] - started, "all_passing": all_passing - started, "dropped": lost}
+        finally:
+            sv.cleanup()
+
+
+def _running_times(log: str) -> list[float]:
+    times = []
+    for line in log.splitlines():
+        match = _RUNNING.match(line)
+        if match and match[2].startswith("burst_"):
+            times.append(datetime.datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    return times
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = result["n"]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.step(result["running"], range(1, n + 1), where="post", label="supervisord: RUNNING")
+    ax.step([t for t, _ in result["passing"]], [c for _, c in result["passing"]], where="post",
+            label="Consul: passing")
+    ax.set_xlabel("seconds since startProcessGroup")
+    ax.set_ylabel("processes")
+    ax.set_title(f"Burst of {n} processes, buffer_size=10 ({result['dropped']} events dropped by supervisord)")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(quick: bool = False) -> list[Row]:
+    rows = []
+    for n in QUICK_SIZES if quick else SIZES:
+        with tempfile.TemporaryDirectory(prefix=f"bench-burst-{n}-") as tmp:
+            result = one(n, Path(tmp))
+        if not quick:
+            DOCS.mkdir(exist_ok=True)
+            plot(result, DOCS / f"burst-{n}.png")
+        ratio = result["all_passing"] / result["all_running"]
+        rows.append(Row(f"burst N={n}: all passing in Consul", f"{result['all_passing']:.2f} s",
+                        f"all RUNNING in supervisord {result['all_running']:.2f} s "
+                        f"({result['dropped']} events dropped)", ratio,
+                        f"ratio <= {TARGET_RATIO:.2f}" if n == 1000 else "-",
+                        ratio <= TARGET_RATIO if n == 1000 else None))
+    return rows
