@@ -1,0 +1,263 @@
+"""Latency (issue 4): from supervisord's RUNNING transition to the instance
+passing in the agent, over many restarts, beside the limit: the same
+register + TTL-pass round trip from a tight keep-alive HTTP loop.
+
+What is measured, and why this way:
+
+* RUNNING: supervisord's own log line `success: NAME entered RUNNING state`.
+  It is written right after `change_state()` has queued the event, from the
+  same `time.time()`, so it is the moment the event exists; its timestamp is
+  cut to the millisecond, so the figures are at most 1 ms high.  Asking
+  supervisord instead (getProcessInfo) would wake its poll loop, which is
+  precisely what decides when the event is sent (see below), and it only
+  knows the start time to the second.  supervisord runs at loglevel=debug so
+  that `event N sent to listener consul` splits the figure into
+  supervisord's share (RUNNING -> event written to the listener) and ours.
+* passing: a keep-alive poll of the agent's own view,
+  `GET /v1/agent/health/service/id/ID?format=text`, about every 1 ms, only in
+  the window where RUNNING can happen (from startsecs after the start call).
+  The agent's local state is what the listener writes and what the limit
+  loop measures; the catalog (DNS, /v1/health) follows it by Consul's
+  anti-entropy, which is Consul's, not ours.  Blocking queries exist for the
+  catalog only, and for an agent service's definition, not its check
+  status.  The moment is the midpoint between the last poll that did not
+  see passing and the first that did, so it is good to about +-1 ms.
+* Restarts: stopProcess (wait), deregistration seen in the agent, then
+  startProcess with wait=false so no XML-RPC client is left waiting on
+  supervisord: a waiting client (supervisorctl start) is polled only when
+  the loop wakes anyway, so it changes nothing but is one more variable.
+  startsecs=1, as supervisord's default.
+
+supervisord's main loop sleeps in poll() for up to 1 s, then runs every
+group's transition() in priority order.  A pool sends buffered events only
+in its own transition(), so a listener pool ordered before the programs
+(priority=-2 < 999) sees a RUNNING found in the same pass only on the next
+pass: up to a second later when nothing else wakes supervisord.  The rows
+for a listener ordered after the programs show that cause.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from bench.report import Row
+from supervisor_consul import plan
+from supervisor_consul.config import ServiceSpec
+from tests.harness import ConsulAgent, Supervisord, wait_for
+
+TARGET = "median <= 10 ms, p99 <= 50 ms"
+PROGRAM = "sleeper"
+STARTSECS = 1.0
+POLL_GAP = 0.0005  # seconds between agent polls: ~1 ms resolution without hogging a core
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
+
+
+@dataclass
+class Sample:
+    total: float  # RUNNING -> passing, seconds
+    supervisord: float | None  # RUNNING -> event sent to the listener
+    resolution: float  # width of the window the passing moment lies in
+
+
+def stanza(agent: ConsulAgent, priority: int) -> str:
+    return f"""
+[eventlistener:consul]
+command={sys.executable} -m supervisor_consul listen -c %(here)s/supervisord.conf --http-addr {agent.http_addr}
+events=PROCESS_STATE,PROCESS_GROUP,TICK_5
+buffer_size=100
+priority={priority}
+autorestart=true
+stdout_logfile=NONE
+stderr_logfile=%(here)s/listener.log
+"""
+
+
+def program(name: str) -> str:
+    return f"""
+[program:{PROGRAM}]
+command=sleep 100000
+startsecs={STARTSECS:g}
+autorestart=true
+[consul:{PROGRAM}]
+name={name}
+"""
+
+
+def _log_time(line: str) -> float | None:
+    match = _LOG_TIME.match(line)
+    if not match:
+        return None
+    return time.mktime(time.strptime(match[1], "%Y-%m-%d %H:%M:%S")) + int(match[2]) / 1000
+
+
+class LogTail:
+    """New lines of supervisord's log since the last call; reading a file never wakes supervisord."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, path.stat().st_size if path.exists() else 0
+
+    def lines(self) -> list[str]:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return data[:end].decode(errors="replace").splitlines()
+
+
+class AgentPoll:
+    """The agent's local health of one instance, on one keep-alive connection."""
+
+    def __init__(self, agent: ConsulAgent, service_id: str) -> None:
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.url = f"http://{agent.http_addr}/v1/agent/health/service/id/{service_id}?format=text"
+
+    def status(self) -> str:
+        response = self.session.get(self.url, timeout=5)
+        return "absent" if response.status_code == 404 else response.text.strip()
+
+    def passing_moment(self, timeout: float) -> tuple[float, float]:
+        """(moment it turned passing, window width): polls until it is passing."""
+        deadline = time.time() + timeout
+        previous = None  # (sent, received) of the last poll that did not see passing
+        while True:
+            sent = time.time()
+            status = self.status()
+            received = time.time()
+            if status == "passing":
+                if previous is None:
+                    raise RuntimeError("already passing when polling began: start the poll earlier")
+                low, high = (previous[0] + previous[1]) / 2, (sent + received) / 2
+                return (low + high) / 2, high - low
+            if received > deadline:
+                raise RuntimeError(f"not passing after {timeout}s: {status}")
+            previous = (sent, received)
+            time.sleep(POLL_GAP)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def restarts(agent: ConsulAgent, workdir: Path, priority: int, count: int) -> list[Sample]:
+    name = f"bench-latency-{uuid.uuid4().hex[:6]}"
+    sv = Supervisord(workdir, program(name) + stanza(agent, priority))
+    samples: list[Sample] = []
+    poll = None
+    try:
+        sv.start()
+        rpc = sv.rpc()
+        owner_ids = lambda: [sid for sid, s in agent.services().items() if s["Service"] == name]  # noqa: E731
+        [service_id] = wait_for(owner_ids, timeout=30, message=f"{name} registered")
+        poll = AgentPoll(agent, service_id)
+        wait_for(lambda: poll.status() == "passing", timeout=30, message=f"{name} passing")
+        tail = LogTail(sv.logfile)
+        for _ in range(count):
+            rpc.supervisor.stopProcess(PROGRAM, True)
+            wait_for(lambda: poll.status() == "absent", timeout=10, interval=0.005, message="deregistered")
+            tail.lines()
+            started = time.time()
+            rpc.supervisor.startProcess(PROGRAM, False)
+            # RUNNING cannot come before startsecs have passed: poll only from then on.
+            time.sleep(max(0.0, started + STARTSECS - 0.02 - time.time()))
+            passing, width = poll.passing_moment(timeout=10)
+            samples.append(_sample(tail, passing, width))
+        return samples
+    finally:
+        if poll is not None:
+            poll.close()
+        sv.cleanup()
+
+
+def _sample(tail: LogTail, passing: float, width: float) -> Sample:
+    """Pairs the passing moment with supervisord's log lines of the same restart."""
+    running = sent = None
+    deadline = time.monotonic() + 5
+    while sent is None:
+        for line in tail.lines():
+            if running is None and f"success: {PROGRAM} entered RUNNING state" in line:
+                running = _log_time(line)
+            elif running is not None and sent is None and "sent to listener consul" in line:
+                sent = _log_time(line)
+        if sent is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+    if running is None:
+        raise RuntimeError("supervisord's log has no RUNNING line for this restart")
+    return Sample(passing - running, None if sent is None else sent - running, width)
+
+
+def limit(agent: ConsulAgent, count: int) -> list[float]:
+    """register + TTL pass, as the listener sends them, from one keep-alive session."""
+    spec = ServiceSpec(namespec=PROGRAM, group=PROGRAM, process=PROGRAM, name=f"bench-limit-{uuid.uuid4().hex[:6]}")
+    registration = plan.registration(spec, "benchlimit00", "bench-host")
+    body = {k: v for k, v in registration.payload("critical").items() if v or k not in ("Port", "Address")}
+    base = f"http://{agent.http_addr}/v1/agent"
+    times = []
+    with requests.Session() as session:
+        session.trust_env = False
+        for i in range(count + 10):
+            session.put(f"{base}/service/deregister/{registration.service_id}", timeout=5).raise_for_status()
+            begin = time.perf_counter()
+            session.put(f"{base}/service/register", params={"replace-existing-checks": "true"}, json=body,
+                        timeout=5).raise_for_status()
+            session.put(f"{base}/check/pass/{registration.ttl_check_id}", params={"note": f"RUNNING pid {i}"},
+                        timeout=5).raise_for_status()
+            if i >= 10:  # the first few warm the connection and the agent
+                times.append(time.perf_counter() - begin)
+        session.put(f"{base}/service/deregister/{registration.service_id}", timeout=5).raise_for_status()
+    return times
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+
+
+def _ms(values: list[float]) -> str:
+    return f"median {statistics.median(values) * 1000:.1f} ms, p99 {_p99(values) * 1000:.1f} ms"
+
+
+def rows_for(label: str, samples: list[Sample], baseline: list[float]) -> list[Row]:
+    totals = [s.total for s in samples]
+    median, p99 = statistics.median(totals), _p99(totals)
+    widths = statistics.median(s.resolution for s in samples) * 1000
+    rows = [Row(f"latency RUNNING -> passing, {label} ({len(samples)} restarts)",
+                f"{_ms(totals)} (+-{widths / 2:.1f} ms)",
+                f"limit: register + pass {_ms(baseline)}", median / statistics.median(baseline), TARGET,
+                median <= 0.010 and p99 <= 0.050)]
+    shares = [s.supervisord for s in samples if s.supervisord is not None]
+    if shares:
+        ours = [s.total - s.supervisord for s in samples if s.supervisord is not None]
+        rows.append(Row(f"  of which supervisord (RUNNING -> event sent), {label}", _ms(shares),
+                        f"listener + agent: {_ms(ours)}", None, "-", None))
+    return rows
+
+
+def run(quick: bool) -> list[Row]:
+    count = 10 if quick else 200
+    workdir = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    agent = ConsulAgent(workdir / "consul")
+    try:
+        agent.start()
+        baseline = limit(agent, 50 if quick else 1000)
+        rows = []
+        for label, priority in (("priority=-2 (the README's stanza)", -2),
+                                ("priority=1000 (listener after the programs)", 1000)):
+            print(f"bench: latency {label} ...", file=sys.stderr, flush=True)
+            samples = restarts(agent, workdir / f"sv{priority}", priority, count)
+            rows.extend(rows_for(label, samples, baseline))
+        return rows
+    finally:
+        agent.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
