@@ -14,7 +14,7 @@ import getopt
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import supervisor.options as supervisor_options
@@ -92,6 +92,7 @@ class ServiceSpec:
     deregister_after: str | None = DEFAULTS["deregister_after"]
     on_fatal: str = DEFAULTS["on_fatal"]
     exitcodes: tuple[int, ...] = (0,)
+    startsecs: float = 1.0  # the program's: RUNNING comes this long after STARTING
 
     @property
     def ttl_seconds(self) -> float:
@@ -264,10 +265,10 @@ def _read_section(options: _Reader, parser: Any, section: str) -> tuple[list[Ser
                 if key not in KEYS and not key.startswith(META_PREFIX)]
     specs = []
     try:
-        for group, process, expansions, exitcodes in _processes(options, parser, program, program_section):
-            spec = _spec(parser, section, group, process, expansions, exitcodes, problem, problems)
+        for group, process, expansions, pconfig in _processes(options, parser, program, program_section):
+            spec = _spec(parser, section, group, process, expansions, tuple(pconfig.exitcodes), problem, problems)
             if spec is not None:
-                specs.append(spec)
+                specs.append(replace(spec, startsecs=float(pconfig.startsecs)))
     except Exception as exc:  # whatever supervisord accepted, no one section may stop the listener
         problems.append(problem(None, None, f"cannot be read: {_short(exc)}"))
     if not specs and not problems:
@@ -277,7 +278,7 @@ def _read_section(options: _Reader, parser: Any, section: str) -> tuple[list[Ser
 
 
 def _processes(options: _Reader, parser: Any, program: str, program_section: str):
-    """(group, process name, expansions, exitcodes) of every process of a program,
+    """(group, process name, expansions, supervisor's ProcessConfig) of every process of a program,
     with the expansions supervisord used for that process (options.py
     _processes_from_section: the program's environment= before process_name)."""
     group = program
@@ -301,7 +302,7 @@ def _processes(options: _Reader, parser: Any, program: str, program_section: str
         name = supervisor_options.process_or_group_name(expand(template, expansions, "process_name"))
         pconfig = configs.get((group, name))
         if pconfig is not None:
-            yield group, name, expansions, tuple(pconfig.exitcodes)
+            yield group, name, expansions, pconfig
 
 
 def _spec(parser: Any, section: str, group: str, process: str, expansions: dict[str, Any],

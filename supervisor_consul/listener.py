@@ -38,6 +38,7 @@ class Listener:
             try:
                 event = read_event(self.stdin)
             except Unreadable as exc:
+                self.inbox.heard()
                 # supervisord waits for a result whatever it sent; answer so it goes on.
                 log.warning("%s; skipped, reconciling instead", exc)
                 self.skipped += 1
@@ -50,6 +51,7 @@ class Listener:
                 log.info("supervisord closed the event stream; stopping")
                 return
             self.events += 1
+            self.inbox.heard()
             self._take(event)
             send(self.stdout, RESULT_OK + READY)
 

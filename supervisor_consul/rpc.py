@@ -60,6 +60,11 @@ class Supervisor:
     def process_info(self, namespec: str) -> dict[str, Any]:
         return self._call("getProcessInfo", namespec)
 
+    def wake(self) -> None:
+        """Any request wakes supervisord's main loop from its poll() (up to a
+        second) for a few passes; getState is the lightest."""
+        self._call("getState")
+
     def is_stopping(self) -> bool:
         """True while supervisord shuts down or reloads: then it answers every
         call with the SHUTDOWN_STATE fault."""

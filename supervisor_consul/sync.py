@@ -36,6 +36,7 @@ BACKOFF_FIRST, BACKOFF_MAX = 1.0, 5.0
 REFUSED_RETRY = 30.0  # an operation the agent refuses (403, 400) is retried this often
 MAX_PENDING_HINTS = 100_000  # past this, hints are dropped for one reconcile
 IDLE_WAKEUP = 1.0  # heartbeats are due at most this late
+WAKE_MARGIN = 0.002  # seconds past startsecs before waking supervisord (see Sync._wake_supervisord)
 
 log = logging.getLogger("supervisor_consul")
 
@@ -51,12 +52,18 @@ class Batch:
 class Inbox:
     """Hints from the event loop to the sync loop.  Posting never waits on I/O."""
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._ready = threading.Condition()
         self._hints: deque[Hint] = deque()
         self._reconcile = False
         self._retry_refused = False
         self._closed = False
+        self._monotonic = monotonic
+        self.heard_at = 0.0  # monotonic time the last event of any kind arrived
+
+    def heard(self) -> None:
+        """An event arrived: supervisord's main loop is awake."""
+        self.heard_at = self._monotonic()
 
     def post(self, hint: Hint) -> None:
         with self._ready:
@@ -133,6 +140,7 @@ class Sync:
         self._failed_rounds = 0  # in a row, each met with a bug
         self._retry_at: dict[str, float] = {}  # service ID -> when to retry a refused operation
         self._heartbeat_every = IDLE_WAKEUP  # the shortest ttl/3 of any registration
+        self._wake_at: dict[str, float] = {}  # namespec -> when supervisord should find it RUNNING
 
     # -- the loop -----------------------------------------------------------
 
@@ -154,6 +162,7 @@ class Sync:
             self._retry_at.clear()
         for hint in batch.hints:
             wants_reconcile |= self._fold(hint)
+        self._wake_supervisord()
         if wants_reconcile and self.actual is not None:
             # While the agent is down the backoff decides when to try again.
             self._reconcile_at = self._monotonic()
@@ -179,13 +188,50 @@ class Sync:
         self._reconcile_at = self._monotonic() + delay
 
     def _wait(self) -> float:
-        return max(0.0, min(self._heartbeat_every, self._reconcile_at - self._monotonic()))
+        now = self._monotonic()
+        return max(0.0, min(self._heartbeat_every, self._reconcile_at - now,
+                            *(at - now for at in self._wake_at.values())))
+
+    # -- RUNNING without supervisord's extra second ---------------------------------
+
+    def _expect_running(self, change: ProcessStateChange) -> None:
+        """After STARTING, supervisord turns a process RUNNING in the first pass of
+        its main loop once startsecs have gone by.  When nothing else wakes it,
+        that pass comes when poll() times out, and a listener pool ordered before
+        the program (priority=-2) has already had its turn in that pass: the
+        RUNNING event waits for the next pass, a second later.  So note when the
+        pass that finds it RUNNING is due, and wake supervisord then."""
+        if change.state != "STARTING":
+            self._wake_at.pop(change.namespec, None)
+            return
+        spec = self.configuration.services.get(change.namespec) if self.configuration else None
+        if spec is not None and spec.startsecs > 0:
+            # The event came after the spawn, so this is after supervisord's threshold.
+            self._wake_at[change.namespec] = self._monotonic() + spec.startsecs + WAKE_MARGIN
+
+    def _wake_supervisord(self) -> None:
+        """One cheap request wakes supervisord's loop for a few passes: the first
+        turns every due process RUNNING, the next sends the events.  Not needed
+        when an event arrived after a process was due: each answer we give wakes
+        supervisord again, so its events follow anyway (as during a burst)."""
+        now = self._monotonic()
+        due = [at for at in self._wake_at.values() if at <= now]
+        if not due:
+            return
+        self._wake_at = {namespec: at for namespec, at in self._wake_at.items() if at > now}
+        if max(due) <= self.inbox.heard_at or self.supervisor is None:
+            return
+        try:
+            self.supervisor.wake()
+        except SupervisorError as exc:
+            log.debug("cannot wake supervisord: %s", exc)
 
     # -- desired state --------------------------------------------------------
 
     def _fold(self, hint: Hint) -> bool:
         """Take in one hint; True when it calls for a full reconcile."""
         if isinstance(hint, ProcessStateChange):
+            self._expect_running(hint)
             status = health.fold(self.statuses.get(hint.namespec), hint, self._wall())
             if status.state == "EXITED" and hint.namespec in self.registrations:
                 status = self._with_exitstatus(hint.namespec, status)

@@ -188,6 +188,12 @@ def test_exitcodes_come_from_the_program(tmp_path):
     assert config.read(path).services["web"].exitcodes == (0, 2)
 
 
+def test_startsecs_come_from_the_program(tmp_path):
+    path = write(tmp_path, program("web", "startsecs=3\n") + "[consul:web]\n" + program("api") + "[consul:api]\n")
+    services = config.read(path).services
+    assert (services["web"].startsecs, services["api"].startsecs) == (3.0, 1.0)
+
+
 # -- problems -----------------------------------------------------------------------
 
 PROBLEMS = [

@@ -122,7 +122,7 @@ def test_fingerprint_changes_with_the_registration(change):
     assert registration(spec(**change), OWNER, HOST).fingerprint != registration(spec(), OWNER, HOST).fingerprint
 
 
-@pytest.mark.parametrize("change", [{"on_fatal": "critical"}, {"exitcodes": (0, 2)}])
+@pytest.mark.parametrize("change", [{"on_fatal": "critical"}, {"exitcodes": (0, 2)}, {"startsecs": 5.0}])
 def test_fingerprint_ignores_what_is_not_registered(change):
     assert registration(spec(**change), OWNER, HOST).fingerprint == registration(spec(), OWNER, HOST).fingerprint
 

@@ -85,6 +85,7 @@ class FakeSupervisor:
         self.infos: dict[str, dict] = {}
         self.down = False
         self.stopping = False
+        self.wakes = 0
 
     def set(self, namespec: str, statename: str, pid: int = 0, exitstatus: int = 0) -> None:
         group, _, name = namespec.rpartition(":")
@@ -107,6 +108,9 @@ class FakeSupervisor:
 
     def is_stopping(self) -> bool:
         return self.stopping
+
+    def wake(self) -> None:
+        self.wakes += 1
 
 
 def service(namespec: str, **overrides) -> ServiceSpec:
@@ -448,3 +452,50 @@ def test_sighup_retries_a_refused_operation_at_once_other_reconciles_wait(world)
     inbox.close()
     world.sync.run()
     assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL)]
+
+
+# -- waking supervisord when a process is due to turn RUNNING -------------------------
+
+STARTING = ProcessStateChange("web", "STARTING", "STOPPED")
+
+
+def test_supervisord_is_woken_once_startsecs_have_gone_by():
+    world = World(service("web", startsecs=3.0))
+    world.supervisor.set("web", "STOPPED")
+    world.round()
+    world.deliver(STARTING)
+    world.monotonic.advance(2.5)
+    assert world.sync._wait() == pytest.approx(0.502)  # the sync loop is awake for it
+    world.monotonic.advance(0.5)
+    world.deliver()
+    assert world.supervisor.wakes == 0
+    world.monotonic.advance(0.01)
+    world.deliver()
+    world.deliver()
+    assert world.supervisor.wakes == 1
+
+
+def test_no_wake_when_running_arrives_first_for_unregistered_processes_or_startsecs_0():
+    world = World(service("web"), service("quick", startsecs=0.0))
+    for namespec in ("web", "quick", "other"):
+        world.supervisor.set(namespec, "STOPPED")
+    world.round()
+    world.deliver(STARTING, ProcessStateChange("other", "STARTING", "STOPPED"),
+                  ProcessStateChange("quick", "STARTING", "STOPPED"))
+    world.deliver(ProcessStateChange("web", "RUNNING", "STARTING", 43))
+    world.monotonic.advance(5)
+    world.deliver()
+    assert world.supervisor.wakes == 0
+
+
+def test_no_wake_when_an_event_arrived_after_it_was_due(world):
+    """An event sent after the threshold means supervisord's loop is passing anyway:
+    our answer to it wakes the loop again, which then sends the RUNNING event."""
+    world.round()
+    world.deliver(STARTING)
+    world.monotonic.advance(1.5)
+    world.sync.inbox = inbox = Inbox(monotonic=world.monotonic)
+    inbox.heard()  # e.g. a TICK
+    inbox.close()
+    world.sync.run()
+    assert world.supervisor.wakes == 0
