@@ -32,8 +32,15 @@ supervisord's main loop sleeps in poll() for up to 1 s, then runs every
 group's transition() in priority order.  A pool sends buffered events only
 in its own transition(), so a listener pool ordered before the programs
 (priority=-2 < 999) sees a RUNNING found in the same pass only on the next
-pass: up to a second later when nothing else wakes supervisord.  The rows
-for a listener ordered after the programs show that cause.
+pass: up to a second later when nothing else wakes supervisord.  The
+listener therefore wakes supervisord (one getState) once a program's
+startsecs have passed (sync.py, Sync._wake_supervisord).  Two more rows show
+the cause with that wake turned off: priority=-2 waits a second, a listener
+ordered after the programs (priority=1000) does not.
+
+The limit is measured twice: in a tight loop, as the issue asks, and with
+a second of idle before each round, as the listener's connection and the
+agent are when a RUNNING comes startsecs after the last event.
 """
 from __future__ import annotations
 
@@ -68,10 +75,16 @@ class Sample:
     resolution: float  # width of the window the passing moment lies in
 
 
-def stanza(agent: ConsulAgent, priority: int) -> str:
+# The listener as before the wake: for the rows that show the cause, never for the figure judged.
+WITHOUT_WAKE = ('-c "import sys, supervisor_consul.sync as s, supervisor_consul.cli as c; '
+                's.Sync._wake_supervisord = lambda self: None; sys.exit(c.main())"')
+
+
+def stanza(agent: ConsulAgent, priority: int, wake: bool = True) -> str:
+    listen = "-m supervisor_consul" if wake else WITHOUT_WAKE
     return f"""
 [eventlistener:consul]
-command={sys.executable} -m supervisor_consul listen -c %(here)s/supervisord.conf --http-addr {agent.http_addr}
+command={sys.executable} {listen} listen -c %(here)s/supervisord.conf --http-addr {agent.http_addr}
 events=PROCESS_STATE,PROCESS_GROUP,TICK_5
 buffer_size=100
 priority={priority}
@@ -148,9 +161,9 @@ class AgentPoll:
         self.session.close()
 
 
-def restarts(agent: ConsulAgent, workdir: Path, priority: int, count: int) -> list[Sample]:
+def restarts(agent: ConsulAgent, workdir: Path, priority: int, count: int, wake: bool = True) -> list[Sample]:
     name = f"bench-latency-{uuid.uuid4().hex[:6]}"
-    sv = Supervisord(workdir, program(name) + stanza(agent, priority))
+    sv = Supervisord(workdir, program(name) + stanza(agent, priority, wake))
     samples: list[Sample] = []
     poll = None
     try:
@@ -197,8 +210,9 @@ def _sample(tail: LogTail, passing: float, width: float) -> Sample:
     return Sample(passing - running, None if sent is None else sent - running, width)
 
 
-def limit(agent: ConsulAgent, count: int) -> list[float]:
-    """register + TTL pass, as the listener sends them, from one keep-alive session."""
+def limit(agent: ConsulAgent, count: int, idle: float = 0.0) -> list[float]:
+    """register + TTL pass, as the listener sends them, from one keep-alive session;
+    `idle` seconds of nothing before each round."""
     spec = ServiceSpec(namespec=PROGRAM, group=PROGRAM, process=PROGRAM, name=f"bench-limit-{uuid.uuid4().hex[:6]}")
     registration = plan.registration(spec, "benchlimit00", "bench-host")
     body = {k: v for k, v in registration.payload("critical").items() if v or k not in ("Port", "Address")}
@@ -208,6 +222,8 @@ def limit(agent: ConsulAgent, count: int) -> list[float]:
         session.trust_env = False
         for i in range(count + 10):
             session.put(f"{base}/service/deregister/{registration.service_id}", timeout=5).raise_for_status()
+            if idle and i >= 10:
+                time.sleep(idle)  # the idle itself is what is measured here, no condition to poll
             begin = time.perf_counter()
             session.put(f"{base}/service/register", params={"replace-existing-checks": "true"}, json=body,
                         timeout=5).raise_for_status()
@@ -228,14 +244,15 @@ def _ms(values: list[float]) -> str:
     return f"median {statistics.median(values) * 1000:.1f} ms, p99 {_p99(values) * 1000:.1f} ms"
 
 
-def rows_for(label: str, samples: list[Sample], baseline: list[float]) -> list[Row]:
+def rows_for(label: str, samples: list[Sample], baseline: list[float], judged: bool) -> list[Row]:
     totals = [s.total for s in samples]
     median, p99 = statistics.median(totals), _p99(totals)
     widths = statistics.median(s.resolution for s in samples) * 1000
     rows = [Row(f"latency RUNNING -> passing, {label} ({len(samples)} restarts)",
                 f"{_ms(totals)} (+-{widths / 2:.1f} ms)",
-                f"limit: register + pass {_ms(baseline)}", median / statistics.median(baseline), TARGET,
-                median <= 0.010 and p99 <= 0.050)]
+                f"limit, tight loop: {_ms(baseline)}", median / statistics.median(baseline),
+                TARGET if judged else "- (shows the cause)",
+                (median <= 0.010 and p99 <= 0.050) if judged else None)]
     shares = [s.supervisord for s in samples if s.supervisord is not None]
     if shares:
         ours = [s.total - s.supervisord for s in samples if s.supervisord is not None]
@@ -250,13 +267,17 @@ def run(quick: bool) -> list[Row]:
     agent = ConsulAgent(workdir / "consul")
     try:
         agent.start()
-        baseline = limit(agent, 50 if quick else 1000)
-        rows = []
-        for label, priority in (("priority=-2 (the README's stanza)", -2),
-                                ("priority=1000 (listener after the programs)", 1000)):
+        tight = limit(agent, 50 if quick else 1000)
+        idle = limit(agent, 3 if quick else 20, idle=1.0)
+        rows = [Row("limit: register + pass, tight keep-alive loop", _ms(tight), "-", None, "-", None),
+                Row("limit: register + pass after 1 s idle", _ms(idle), "-", None, "-", None)]
+        for label, priority, wake, n, judged in (
+                ("priority=-2 (the README's stanza)", -2, True, count, True),
+                ("priority=-2, no wake (before the fix)", -2, False, max(5, count // 2), False),
+                ("priority=1000 (after the programs), no wake", 1000, False, max(5, count // 2), False)):
             print(f"bench: latency {label} ...", file=sys.stderr, flush=True)
-            samples = restarts(agent, workdir / f"sv{priority}", priority, count)
-            rows.extend(rows_for(label, samples, baseline))
+            samples = restarts(agent, workdir / f"sv{len(rows)}", priority, n, wake)
+            rows.extend(rows_for(label, samples, tight, judged))
         return rows
     finally:
         agent.stop()
