@@ -160,8 +160,13 @@ class Sync:
         wants_reconcile = batch.reconcile
         if batch.retry_refused:
             self._retry_at.clear()
+        exited: set[str] = set()
         for hint in batch.hints:
-            wants_reconcile |= self._fold(hint)
+            wants_reconcile |= self._fold(hint, exited)
+        # Asked once per process and batch, and only if a later hint did not supersede it.
+        for namespec in exited:
+            if self.statuses[namespec].state == "EXITED":
+                self.statuses[namespec] = self._with_exitstatus(namespec, self.statuses[namespec])
         self._wake_supervisord()
         if wants_reconcile and self.actual is not None:
             # While the agent is down the backoff decides when to try again.
@@ -228,13 +233,14 @@ class Sync:
 
     # -- desired state --------------------------------------------------------
 
-    def _fold(self, hint: Hint) -> bool:
-        """Take in one hint; True when it calls for a full reconcile."""
+    def _fold(self, hint: Hint, exited: set[str]) -> bool:
+        """Take in one hint; True when it calls for a full reconcile.  `exited` collects
+        the processes whose exit status to ask supervisord for."""
         if isinstance(hint, ProcessStateChange):
             self._expect_running(hint)
             status = health.fold(self.statuses.get(hint.namespec), hint, self._wall())
             if status.state == "EXITED" and hint.namespec in self.registrations:
-                status = self._with_exitstatus(hint.namespec, status)
+                exited.add(hint.namespec)
             self.statuses[hint.namespec] = status
             return False
         if isinstance(hint, SupervisorStateChange):

@@ -86,6 +86,7 @@ class FakeSupervisor:
         self.down = False
         self.stopping = False
         self.wakes = 0
+        self.process_info_calls = 0
 
     def set(self, namespec: str, statename: str, pid: int = 0, exitstatus: int = 0) -> None:
         group, _, name = namespec.rpartition(":")
@@ -102,6 +103,7 @@ class FakeSupervisor:
         return [self._info(namespec) for namespec in self.infos]
 
     def process_info(self, namespec: str) -> dict:
+        self.process_info_calls += 1
         if self.down:
             raise SupervisorError(f"supervisord at {self.url} cannot be reached for getProcessInfo: refused")
         return self._info(namespec)
@@ -225,6 +227,29 @@ def test_exited_then_starting_stays_critical_and_running_passes_again(world):
     world.supervisor.set("web", "RUNNING", pid=43)
     world.deliver(ProcessStateChange("web", "RUNNING", "STARTING", 43))
     assert world.take_writes() == [("update_ttl", f"{sid('web')}:process", Health(PASSING, "RUNNING pid 43"))]
+
+
+def test_exit_status_is_asked_once_per_batch_and_not_for_an_exit_a_later_hint_replaced(world):
+    """getProcessInfo is a round trip to supervisord: a burst must not cost one per EXITED."""
+    world.round()
+    world.take_writes()
+    world.supervisor.set("web", "RUNNING", pid=44, exitstatus=1)
+    world.deliver(ProcessStateChange("web", "EXITED", "RUNNING", 42, expected=False),
+                  ProcessStateChange("web", "STARTING", "EXITED"),
+                  ProcessStateChange("web", "RUNNING", "STARTING", 43),
+                  ProcessStateChange("web", "EXITED", "RUNNING", 43, expected=False),
+                  ProcessStateChange("web", "STARTING", "EXITED"),
+                  ProcessStateChange("web", "RUNNING", "STARTING", 44))
+    assert world.supervisor.process_info_calls == 0
+    assert world.take_writes() == [("update_ttl", f"{sid('web')}:process", Health(PASSING, "RUNNING pid 44"))]
+
+    world.supervisor.set("web", "EXITED", exitstatus=1)
+    world.deliver(ProcessStateChange("web", "EXITED", "RUNNING", 44, expected=False),
+                  ProcessStateChange("web", "STARTING", "EXITED"),
+                  ProcessStateChange("web", "EXITED", "STARTING", 44, expected=False))
+    assert world.supervisor.process_info_calls == 1
+    assert world.take_writes() == [
+        ("update_ttl", f"{sid('web')}:process", Health(CRITICAL, "EXITED unexpectedly with exit status 1"))]
 
 
 def test_stopped_hint_deregisters(world):
