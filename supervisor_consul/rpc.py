@@ -8,8 +8,10 @@ them) or else from the server section of the configuration.
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import socket
+import threading
 import xmlrpc.client
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +23,10 @@ from supervisor.xmlrpc import Faults
 from .config import Configuration
 
 TIMEOUT = 10.0  # seconds; supervisord answers at once unless it is wedged
+# The socket module's default timeout is the whole process's: one call sets it at a time.
+_DEFAULT_TIMEOUT = threading.Lock()
+
+log = logging.getLogger("supervisor_consul")
 
 
 class SupervisorError(Exception):
@@ -77,6 +83,10 @@ class Supervisor:
         if not self.url:
             raise SupervisorError("supervisord's XML-RPC address is unknown: the configuration has no "
                                   "[unix_http_server] or [inet_http_server] section; add one")
+        with _DEFAULT_TIMEOUT:
+            return self._call_with_timeout(method, *args)
+
+    def _call_with_timeout(self, method: str, *args: Any) -> Any:
         previous = socket.getdefaulttimeout()
         # supervisor's transport takes no timeout; this one call's sockets get one.
         socket.setdefaulttimeout(TIMEOUT)
@@ -96,3 +106,33 @@ class Supervisor:
                                   f"{type(exc).__name__}: {exc}") from exc
         finally:
             socket.setdefaulttimeout(previous)
+
+
+class Waker:
+    """Supervisor.wake() from a thread of its own: the caller does not wait for
+    the answer, which supervisord sends only after the very events the caller
+    is waiting for.  Wakes asked for while one is under way make one more."""
+
+    def __init__(self) -> None:
+        self._asked = threading.Event()
+        self._supervisor: Supervisor | None = None
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        self._asked.set()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="wake", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._asked.wait()
+            self._asked.clear()
+            try:
+                if self._supervisor is not None:
+                    self._supervisor.wake()
+            except SupervisorError as exc:
+                log.debug("cannot wake supervisord: %s", exc)
+            except Exception:  # noqa: BLE001 - a bug here must not end the wakes
+                log.exception("unexpected error waking supervisord (please report this)")

@@ -27,7 +27,7 @@ from .config import Configuration, ServiceSpec
 from .events import GroupsChanged, Hint, ProcessStateChange, SupervisorStateChange
 from .health import ProcessStatus
 from .plan import Actual, Desired, Operation, Register, Registration, UpdateTTL
-from .rpc import Supervisor, SupervisorError, rpc_environment
+from .rpc import Supervisor, SupervisorError, Waker, rpc_environment
 
 RECONCILE_EVERY = 60.0
 # The agent is local and reading it is cheap: probe often, so an agent that
@@ -36,7 +36,7 @@ BACKOFF_FIRST, BACKOFF_MAX = 1.0, 5.0
 REFUSED_RETRY = 30.0  # an operation the agent refuses (403, 400) is retried this often
 MAX_PENDING_HINTS = 100_000  # past this, hints are dropped for one reconcile
 IDLE_WAKEUP = 1.0  # heartbeats are due at most this late
-WAKE_MARGIN = 0.002  # seconds past startsecs before waking supervisord (see Sync._wake_supervisord)
+WAKE_MARGIN = 0.0005  # seconds past startsecs before waking supervisord: float rounding (see _expect_running)
 
 log = logging.getLogger("supervisor_consul")
 
@@ -117,7 +117,8 @@ class Sync:
     def __init__(self, agent: Agent, configfile: str, host: str, inbox: Inbox,
                  read_config: Callable[[str], Configuration] = config.read,
                  supervisor_factory: Callable[[Configuration], Supervisor] = lambda c: Supervisor(rpc_environment(c)),
-                 wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 waker: Callable[[Supervisor], None] | None = None) -> None:
         self.agent = agent
         self.configfile = configfile
         self.host = host
@@ -141,6 +142,7 @@ class Sync:
         self._retry_at: dict[str, float] = {}  # service ID -> when to retry a refused operation
         self._heartbeat_every = IDLE_WAKEUP  # the shortest ttl/3 of any registration
         self._wake_at: dict[str, float] = {}  # namespec -> when supervisord should find it RUNNING
+        self._waker = waker or Waker()
 
     # -- the loop -----------------------------------------------------------
 
@@ -226,10 +228,7 @@ class Sync:
         self._wake_at = {namespec: at for namespec, at in self._wake_at.items() if at > now}
         if max(due) <= self.inbox.heard_at or self.supervisor is None:
             return
-        try:
-            self.supervisor.wake()
-        except SupervisorError as exc:
-            log.debug("cannot wake supervisord: %s", exc)
+        self._waker(self.supervisor)
 
     # -- desired state --------------------------------------------------------
 

@@ -133,7 +133,7 @@ class World:
         self.sync = Sync(self.agent, CONFIGFILE, HOST, Inbox(),
                          read_config=lambda path: self.configuration,
                          supervisor_factory=lambda configuration: self.supervisor,
-                         wall=self.wall, monotonic=self.monotonic)
+                         wall=self.wall, monotonic=self.monotonic, waker=lambda supervisor: supervisor.wake())
 
     def round(self) -> None:
         self.sync.reconcile()
@@ -490,7 +490,7 @@ def test_supervisord_is_woken_once_startsecs_have_gone_by():
     world.round()
     world.deliver(STARTING)
     world.monotonic.advance(2.5)
-    assert world.sync._wait() == pytest.approx(0.502)  # the sync loop is awake for it
+    assert world.sync._wait() == pytest.approx(0.5005)  # the sync loop is awake for it
     world.monotonic.advance(0.5)
     world.deliver()
     assert world.supervisor.wakes == 0
