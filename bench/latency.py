@@ -77,7 +77,7 @@ class Sample:
 
 # The listener as before the wake: for the rows that show the cause, never for the figure judged.
 WITHOUT_WAKE = ('-c "import sys, supervisor_consul.sync as s, supervisor_consul.cli as c; '
-                's.Sync._wake_supervisord = lambda self: None; sys.exit(c.main())"')
+                's.Sync._expect_running = lambda self, change: None; sys.exit(c.main())"')
 
 
 def stanza(agent: ConsulAgent, priority: int, wake: bool = True) -> str:
