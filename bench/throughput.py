@@ -12,16 +12,24 @@ The events cycle each program through STARTING, RUNNING (a new pid each
 time), EXITED (status 1), STARTING, RUNNING, STOPPING, STOPPED, round-robin
 over the programs, each program starting at its own phase of the cycle.
 
+The agent runs at INFO (see bench/instrument/sitecustomize.py: at -dev's
+DEBUG every request costs O(instances)); the listener's requests are logged
+by that module, a line each.
+
 Figures:
-- events/s: events answered per second, first event written to last answer read;
-- converged: from the first event until the agent's log shows the listener's
-  last request, with the agent then holding exactly the final state;
-- Consul calls/s: the listener's requests the agent logged (after the first
-  event) over the time from the first to the last of them;
-- the raw loop: the very same requests (method, URL and, for a register, an
-  equivalent body), made back to back over one keep-alive `http.client`
-  connection from a fresh start, against the same agent.  Its ops/s is what
-  this agent and a minimal Python client can do: the ceiling for the calls.
+- events/s end to end: from the first event written until the listener's
+  last request is answered, the agent then showing exactly the final state
+  (each program as its last event says; STOPPING may be absent or critical);
+- events answered/s: first event written to last answer read;
+- Consul calls/s: the listener's requests after the first event, over the
+  time from the first to the last of them (its sync loop is busy all along);
+- raw loop, per event: a listener without coalescing, as a tight loop over
+  one keep-alive `http.client` connection making each event's own calls
+  (register where needed, then the TTL update; deregister on STOPPED), with
+  no event to read and no XML-RPC, from the same empty start;
+- raw loop, same calls: the listener's very requests (method, URL and, for
+  a register, an equivalent body), from the same empty start: what this
+  agent and a minimal Python client can do with them.
 """
 from __future__ import annotations
 
@@ -42,7 +50,8 @@ import urllib.parse
 import xmlrpc.server
 from dataclasses import dataclass, field
 
-from bench import agentlog
+from bench import requestlog
+from bench.footprint import cpu_seconds
 from bench.report import Row
 from supervisor_consul import config, plan
 from supervisor_consul.health import CRITICAL
@@ -194,8 +203,8 @@ def supervisord_conf(path: pathlib.Path, socket_path: str, names: list[str]) -> 
 def agent_state(http_addr: str, owner: str) -> dict[str, tuple[str, str]]:
     """Program name -> (status, note) of its process-state check, for our instances."""
     prefix = f"{plan.ID_PREFIX}:{owner}:"
-    checks = agentlog.get(http_addr, "/v1/agent/checks")
-    services = agentlog.get(http_addr, "/v1/agent/services")
+    checks = requestlog.get(http_addr, "/v1/agent/checks")
+    services = requestlog.get(http_addr, "/v1/agent/services")
     state = {}
     for sid in services:
         if sid.startswith(prefix):
@@ -290,12 +299,12 @@ def per_event_calls(steps: list[Step], registrations: dict[str, plan.Registratio
 
 def reset(http_addr: str, owner: str) -> None:
     """The agent as before the first event: none of the listener's instances."""
-    for sid in agentlog.get(http_addr, "/v1/agent/services"):
+    for sid in requestlog.get(http_addr, "/v1/agent/services"):
         if sid.startswith(f"{plan.ID_PREFIX}:{owner}:"):
-            agentlog.put(http_addr, f"/v1/agent/service/deregister/{sid}")
+            requestlog.put(http_addr, f"/v1/agent/service/deregister/{sid}")
 
 
-def replayable(requests: list[agentlog.Request], registrations: dict[str, plan.Registration]
+def replayable(requests: list[requestlog.Request], registrations: dict[str, plan.Registration]
                ) -> list[tuple[str, str, bytes | None]]:
     """The listener's requests as the raw loop makes them.  The agent does not log bodies: a
     register is followed by the TTL update of the same instance, which names it."""
@@ -324,14 +333,14 @@ def measure(count: int, total: int, pyspy: str | None = None) -> list[Row]:
     names = programs(count)
     steps, expected = events(names, total)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="bench-throughput-"))
-    agent = ConsulAgent(workdir / "consul")
+    agent = ConsulAgent(workdir / "consul", extra_args=requestlog.AGENT_ARGS)
     fake: FakeSupervisord | None = None
     recorder: subprocess.Popen | None = None
     listener: subprocess.Popen | None = None
     stderr = open(workdir / "listener.log", "wb")
     try:
         agent.start()
-        log = agentlog.AgentLog(agent.log_path)
+        log = requestlog.RequestLog(workdir / "requests.log")
         socket_path = str(workdir / "supervisor.sock")
         fake = FakeSupervisord(socket_path, names)
         fake.start()
@@ -340,7 +349,7 @@ def measure(count: int, total: int, pyspy: str | None = None) -> list[Row]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPERVISOR_", "CONSUL_"))}
         listener = subprocess.Popen(
             [sys.executable, "-m", "supervisor_consul", "listen", "-c", str(conf), "--http-addr", agent.http_addr],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, bufsize=0, env=env, cwd=str(workdir))
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, bufsize=0, env=requestlog.environment(log.path, env), cwd=str(workdir))
         feeder = Feeder(listener)
         if pyspy:
             pathlib.Path(pyspy).mkdir(parents=True, exist_ok=True)
@@ -356,6 +365,7 @@ def measure(count: int, total: int, pyspy: str | None = None) -> list[Row]:
         owner = re.search(r"owner id (\w+)", (workdir / "listener.log").read_text())[1]
         start_offset = log.offset()
 
+        cpu = cpu_seconds(listener.pid)
         started = time.time()
         for step in steps:
             process = fake.processes[step.name]
@@ -385,6 +395,7 @@ def measure(count: int, total: int, pyspy: str | None = None) -> list[Row]:
         wait_for(lambda: seen.append(len(log.requests(start_offset))) or seen[-1] == seen[-2], timeout=60,
                  interval=0.5, message="the listener to go quiet")
         requests = log.requests(start_offset)
+        cpu = cpu_seconds(listener.pid) - cpu
         if agent_state(agent.http_addr, owner) != state:
             raise RuntimeError("the agent's state changed after convergence")
         converged = requests[-1].at - started
@@ -401,14 +412,12 @@ def measure(count: int, total: int, pyspy: str | None = None) -> list[Row]:
                                                      for spec in configuration.services.values())}
         calls = replayable(requests, registrations)
         reset(agent.http_addr, owner)
-        raw_offset = log.offset()
+        raw_cpu = time.process_time()
         raw_seconds = replay(agent.http_addr, calls)
+        raw_cpu = time.process_time() - raw_cpu
         raw_per_s = len(calls) / raw_seconds
         if agent_state(agent.http_addr, owner) != state:
             raise RuntimeError("the raw loop's calls did not give the listener's final state")
-        raw_requests = log.requests(raw_offset)
-        if len(raw_requests) != len(calls):
-            raise RuntimeError("the agent logged a different number of raw-loop requests")
 
         naive = per_event_calls(steps, registrations, owner)
         reset(agent.http_addr, owner)
@@ -433,15 +442,11 @@ def measure(count: int, total: int, pyspy: str | None = None) -> list[Row]:
         stderr.close()
     shutil.rmtree(workdir, ignore_errors=True)
 
-    kinds = agentlog.counts(requests)
+    kinds = requestlog.counts(requests)
     events_per_s = total / answered
     end_to_end = total / converged
     naive_events_per_s = total / naive_seconds
     detail = ", ".join(f"{n} {k.split(' ', 1)[1]}" for k, n in kinds.items())
-    # How much of each loop's time the agent spent answering: the rest is the client's.
-    in_agent = sum(r.latency for r in requests) / busy
-    raw_in_agent = sum(r.latency for r in raw_requests) / raw_seconds
-    mean_ms = ", ".join(f"{k.split(' ', 1)[1]} {v * 1000:.1f}" for k, v in agentlog.latencies(raw_requests).items())
     return [
         Row(f"throughput: {total} events over {count} programs, stdin to agent converged",
             f"{end_to_end:.0f} events/s ({converged:.2f} s from the first event until the agent shows the final "
@@ -450,10 +455,11 @@ def measure(count: int, total: int, pyspy: str | None = None) -> list[Row]:
             f"{naive_events_per_s:.0f} events/s ({len(naive) / naive_seconds:.0f} ops/s, {naive_seconds:.2f} s)",
             end_to_end / naive_events_per_s, "≥ 0.8× the raw loop", end_to_end / naive_events_per_s >= 0.8),
         Row(f"throughput: Consul calls/s ({count} programs)",
-            f"{len(requests)} calls ({detail}) at {listener_calls_per_s:.0f} calls/s, the agent answering "
-            f"{in_agent:.0%} of the time; getProcessInfo {fake.calls.get('getProcessInfo', 0)}×",
-            f"raw loop making the same {len(calls)} calls: {raw_per_s:.0f} ops/s, the agent answering "
-            f"{raw_in_agent:.0%} of the time (mean ms: {mean_ms})",
+            f"{len(requests)} calls ({detail}) at {listener_calls_per_s:.0f} calls/s; listener CPU "
+            f"{cpu * 1000 / len(requests):.2f} ms per call (events included); "
+            f"getProcessInfo {fake.calls.get('getProcessInfo', 0)}×",
+            f"raw loop making the same {len(calls)} calls: {raw_per_s:.0f} ops/s; its CPU "
+            f"{raw_cpu * 1000 / len(calls):.2f} ms per call",
             listener_calls_per_s / raw_per_s, "≥ 0.8× the raw loop", listener_calls_per_s / raw_per_s >= 0.8),
     ]
 
