@@ -39,6 +39,7 @@ import os
 import pathlib
 import platform
 import re
+import select
 import shutil
 import socketserver
 import subprocess
@@ -237,7 +238,8 @@ class Feeder:
             if not chunk:
                 raise RuntimeError(f"the listener closed its stdout after {got!r}")
             got += chunk
-            if time.monotonic() > deadline:
+            if len(got) < len(text) and not select.select([self.stdout], [], [],
+                                                          max(0.0, deadline - time.monotonic()))[0]:
                 raise RuntimeError(f"no answer within {timeout}s: {got!r}")
         if got != text:
             raise RuntimeError(f"the listener answered {got!r}, not {text!r}")
