@@ -18,6 +18,7 @@ from pathlib import Path
 
 import requests
 
+from bench import requestlog
 from bench.report import Row
 from tests.harness import ConsulAgent, Supervisord, wait_for
 
@@ -58,8 +59,9 @@ def _passing(session: requests.Session, agent: ConsulAgent) -> int:
 
 
 def one(n: int, workdir: Path) -> dict:
-    with ConsulAgent(workdir / "consul") as agent:
-        sv = Supervisord(workdir / "supervisord", stanza(agent, n).replace("loglevel=debug", "loglevel=info"))
+    with ConsulAgent(workdir / "consul", extra_args=requestlog.AGENT_ARGS) as agent:
+        sv = Supervisord(workdir / "supervisord", stanza(agent, n))
+        # INFO still logs each RUNNING transition, which is what we time.
         sv.conf.write_text(sv.conf.read_text().replace("loglevel=debug", "loglevel=info"))
         try:
             sv.start()
@@ -90,6 +92,22 @@ def one(n: int, workdir: Path) -> dict:
                     "all_running": running[-1] - started, "all_passing": all_passing - started, "dropped": lost}
         finally:
             sv.cleanup()
+
+
+def agent_alone(n: int, workdir: Path) -> float:
+    """Seconds a fresh agent takes for n registrations + TTL passes from a tight
+    keep-alive loop: the limit on how fast any client can make n instances pass."""
+    with ConsulAgent(workdir / "consul-alone", extra_args=requestlog.AGENT_ARGS) as agent:
+        session, base = requests.Session(), f"http://{agent.http_addr}"
+        started = time.perf_counter()
+        for i in range(n):
+            sid = f"burst-{i}"
+            session.put(f"{base}/v1/agent/service/register", timeout=5, json={
+                "Name": "burst", "ID": sid, "Check": {"CheckID": f"{sid}:process", "TTL": "15s",
+                                                      "Status": "critical"}}).raise_for_status()
+            session.put(f"{base}/v1/agent/check/pass/{sid}:process", params={"note": "RUNNING"},
+                        timeout=5).raise_for_status()
+        return time.perf_counter() - started
 
 
 def _running_times(log: str) -> list[float]:
@@ -126,13 +144,18 @@ def run(quick: bool = False) -> list[Row]:
     for n in QUICK_SIZES if quick else SIZES:
         with tempfile.TemporaryDirectory(prefix=f"bench-burst-{n}-") as tmp:
             result = one(n, Path(tmp))
+            alone = agent_alone(n, Path(tmp))
         if not quick:
             DOCS.mkdir(exist_ok=True)
             plot(result, DOCS / f"burst-{n}.png")
         ratio = result["all_passing"] / result["all_running"]
+        first = min(result["running"])
+        # No client can beat this: the agent's own time for n instances, from the first RUNNING.
+        best = max(result["all_running"], first + alone)
         rows.append(Row(f"burst N={n}: all passing in Consul", f"{result['all_passing']:.2f} s",
-                        f"all RUNNING in supervisord {result['all_running']:.2f} s "
-                        f"({result['dropped']} events dropped)", ratio,
+                        f"all RUNNING in supervisord {result['all_running']:.2f} s ({result['dropped']} events "
+                        f"dropped); the agent alone needs {alone:.2f} s for {n} register + pass, so no client "
+                        f"finishes before {best:.2f} s (ratio {best / result['all_running']:.2f})", ratio,
                         f"ratio <= {TARGET_RATIO:.2f}" if n == 1000 else "-",
                         ratio <= TARGET_RATIO if n == 1000 else None))
     return rows
