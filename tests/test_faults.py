@@ -227,6 +227,8 @@ startsecs=1
 name={service}
 """ + listener(consul_agent))
     converge(consul_agent, sv)
+    # The listener sees a gap only after it has a poolserial to count from.
+    wait_for(lambda: "consul: event was processed" in sv.log_text(), message="an event read by the listener")
     started = time.monotonic()
     result = sv.ctl("start", "burst:*")
     assert result.returncode == 0, result.stdout[-500:]
