@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from bench import burst
 
-# A burst of 50 converges in about twice supervisord's own time (its poll loop
-# hands the listener RUNNING events up to 1 s late, see docs/performance.md);
-# losing the poolserial-gap reconcile would make it wait for the 60 s one.
+# A burst converges in about 1.3x supervisord's own time (docs/performance.md);
+# losing the poolserial-gap reconcile would make it wait for the 60 s one, and
+# losing the events' prompt delivery would add supervisord's 1 s poll.
 MAX_RATIO = 4.0
 
 
