@@ -60,16 +60,8 @@ class Agent:
 
     def read_owned(self, owner: str) -> dict[str, Actual]:
         """Our instances on this agent, with the status of their TTL checks."""
-        services = self._call("GET /v1/agent/services", self.client.agent.services)
-        checks = self._call("GET /v1/agent/checks", self.client.agent.checks)
-        by_service: dict[str, list[dict[str, Any]]] = {}
-        for check in checks.values():
-            by_service.setdefault(check.get("ServiceID", ""), []).append(check)
         actual = {}
-        for sid, service in services.items():
-            if not is_owned(service, owner):
-                continue
-            own_checks = by_service.get(sid, [])
+        for sid, (service, own_checks) in self.owned(owner).items():
             ttl = next((c for c in own_checks if c.get("CheckID") == ttl_check_id(sid)), None)
             actual[sid] = Actual(
                 service_id=sid,
@@ -79,6 +71,17 @@ class Agent:
                 output=ttl.get("Output") if ttl else None,
             )
         return actual
+
+    def owned(self, owner: str) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """Our instances on this agent as the agent describes them: service ID ->
+        (service, its checks)."""
+        services = self._call("GET /v1/agent/services", self.client.agent.services)
+        checks = self._call("GET /v1/agent/checks", self.client.agent.checks)
+        by_service: dict[str, list[dict[str, Any]]] = {}
+        for check in checks.values():
+            by_service.setdefault(check.get("ServiceID", ""), []).append(check)
+        return {sid: (service, by_service.get(sid, [])) for sid, service in services.items()
+                if is_owned(service, owner)}
 
     def register(self, registration: Registration, health: Health | None, initial: str = CRITICAL) -> None:
         payload = registration.payload(initial)

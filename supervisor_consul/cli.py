@@ -9,13 +9,15 @@ import platform
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
-from . import __version__, config
-from .agent import Agent
-from .connection import SettingError, connection
+from . import __version__, config, plan, status
+from .agent import Agent, ConsulError
+from .connection import Connection, SettingError, connection
 from .listener import Listener
 from .protocol import protocol_streams
+from .rpc import Supervisor, SupervisorError, rpc_environment
 from .sync import Inbox, Sync
 
 log = logging.getLogger("supervisor_consul")
@@ -33,7 +35,32 @@ def parser() -> argparse.ArgumentParser:
         description="The event listener.  Run it from an [eventlistener:consul] section; "
                     "Consul options fall back to the Consul CLI's environment variables.")
     _configuration_option(listen)
-    consul = listen.add_argument_group("Consul agent (as the Consul CLI names them)")
+    _consul_options(listen)
+    listen.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="on stderr, which supervisord files as the listener's log (default info)")
+    listen.set_defaults(run=run_listen)
+
+    check = commands.add_parser("check", help="validate the [consul:*] sections; exit 1 on any problem",
+                                description="Print every problem in the [consul:*] sections and exit 1; "
+                                            "exit 0 when the configuration is valid.")
+    _configuration_option(check)
+    check.set_defaults(run=run_check)
+
+    status_ = commands.add_parser(
+        "status", help="each process with a [consul:*] section beside what Consul shows; exit 1 on drift",
+        description="One row per supervisord process with a [consul:*] section: its state, service, instance "
+                    "ID, address:port and every check's status and note, with drift (Consul disagrees with "
+                    "supervisord) flagged.  Exit 0 in step, 1 on drift, 2 when supervisord or Consul cannot "
+                    "be asked.")
+    _configuration_option(status_)
+    _consul_options(status_)
+    status_.add_argument("--json", action="store_true", help="the rows as JSON")
+    status_.set_defaults(run=run_status)
+    return top
+
+
+def _consul_options(command: argparse.ArgumentParser) -> None:
+    consul = command.add_argument_group("Consul agent (as the Consul CLI names them)")
     consul.add_argument("--http-addr", metavar="ADDR",
                         help="host:port, http://host:port or https://host:port "
                              "(CONSUL_HTTP_ADDR; default 127.0.0.1:8500; CONSUL_HTTP_SSL=true for https)")
@@ -47,16 +74,6 @@ def parser() -> argparse.ArgumentParser:
                                                          "(CONSUL_CAPATH)")
     consul.add_argument("--tls-server-name", metavar="NAME", help="name the agent's certificate must hold, when "
                                                                   "not the address's host (CONSUL_TLS_SERVER_NAME)")
-    listen.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
-                        help="on stderr, which supervisord files as the listener's log (default info)")
-    listen.set_defaults(run=run_listen)
-
-    check = commands.add_parser("check", help="validate the [consul:*] sections; exit 1 on any problem",
-                                description="Print every problem in the [consul:*] sections and exit 1; "
-                                            "exit 0 when the configuration is valid.")
-    _configuration_option(check)
-    check.set_defaults(run=run_check)
-    return top
 
 
 def _configuration_option(command: argparse.ArgumentParser) -> None:
@@ -88,13 +105,41 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_status(args: argparse.Namespace) -> int:
+    try:
+        conn = _connection(args)
+        configfile = config.locate(args.configuration)
+    except (SettingError, config.ConfigNotFound) as exc:
+        print(f"supervisor-consul: {exc}", file=sys.stderr)
+        return 2
+    configuration = config.read(configfile)
+    if not configuration.readable:
+        print(f"supervisor-consul: {configuration.problems[0]}", file=sys.stderr)
+        return 2
+    host = platform.node()
+    owner = plan.owner_id(host, os.path.realpath(configuration.configfile), configuration.identifier)
+    try:
+        infos = Supervisor(rpc_environment(configuration)).all_process_info()
+        owned = Agent(conn).owned(owner)
+    except (SupervisorError, ConsulError) as exc:
+        print(f"supervisor-consul: {exc}", file=sys.stderr)
+        return 2
+    rows = status.instances(configuration.services, infos, owned, owner, host, time.time())
+    print(status.as_json(rows) if args.json else "\n".join(status.text(rows)))
+    return 1 if any(row.drift for row in rows) else 0
+
+
+def _connection(args: argparse.Namespace) -> Connection:
+    return connection(args.http_addr, args.token, args.token_file, args.ca_file, args.client_cert,
+                      args.client_key, ca_path=args.ca_path, tls_server_name=args.tls_server_name)
+
+
 def run_listen(args: argparse.Namespace) -> int:
     stdin, stdout = protocol_streams()  # first: nothing else may reach stdout
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
                         format="%(asctime)s supervisor-consul %(levelname)s %(message)s")
     try:
-        conn = connection(args.http_addr, args.token, args.token_file, args.ca_file, args.client_cert,
-                          args.client_key, ca_path=args.ca_path, tls_server_name=args.tls_server_name)
+        conn = _connection(args)
         configfile = config.locate(args.configuration)
     except (SettingError, config.ConfigNotFound) as exc:
         log.critical("%s", exc)
