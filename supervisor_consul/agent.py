@@ -16,8 +16,9 @@ import requests
 import urllib3
 
 from .connection import OPENSSL_SOURCE_LINE, Connection, TLSAdapter, trust
-from .health import CRITICAL, PASSING, Health
-from .plan import SPEC_META, Actual, Registration, is_owned, ttl_check_id
+from .health import CRITICAL, PASSING, WARNING, Health
+from .plan import (ID_PREFIX, MAINTENANCE_PREFIX, SPEC_META, Actual, Registration, is_owned,
+                   maintenance_reason, ttl_check_id)
 
 log = logging.getLogger("supervisor_consul")
 TIMEOUT = 5.0  # seconds; the sync loop must never hang on a dead agent
@@ -69,8 +70,24 @@ class Agent:
                 check_ids=frozenset(c["CheckID"] for c in own_checks),
                 status=ttl["Status"] if ttl else None,
                 output=ttl.get("Output") if ttl else None,
+                maintenance=maintenance_reason(sid, own_checks),
             )
         return actual
+
+    def in_maintenance(self, owner: str) -> dict[str, str]:
+        """Which of our instances are in maintenance now, with the reasons: one
+        cheap read, asked before deregistering anything."""
+        prefix = f"{MAINTENANCE_PREFIX}{ID_PREFIX}:{owner}:"
+        checks = self._call("GET /v1/agent/checks", self.client.agent.checks,
+                            filter_expr=f'CheckID matches "^{prefix}"')
+        reasons = {c["ServiceID"]: maintenance_reason(c["ServiceID"], [c]) for c in checks.values()}
+        return {sid: reason for sid, reason in reasons.items() if reason is not None}
+
+    def maintenance(self, service_id: str, enable: bool, reason: str = "", service: str = "") -> None:
+        """Consul's maintenance mode for one instance, as `consul maint -service` sets it."""
+        self._write(f"PUT /v1/agent/service/maintenance/{service_id}?enable={str(enable).lower()}",
+                    self.client.agent.service.maintenance, service_id, str(enable).lower(), reason or None,
+                    service=service)
 
     def owned(self, owner: str) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
         """Our instances on this agent as the agent describes them: service ID ->
@@ -83,21 +100,25 @@ class Agent:
         return {sid: (service, by_service.get(sid, [])) for sid, service in services.items()
                 if is_owned(service, owner)}
 
-    def register(self, registration: Registration, health: Health | None, initial: str = CRITICAL) -> None:
+    def register(self, registration: Registration, health: Health | None, initial: str = CRITICAL,
+                 stale_checks: frozenset[str] = frozenset()) -> None:
         payload = registration.payload(initial)
         checks = payload["Checks"]
         self._write(f"PUT /v1/agent/service/register ({registration.name})", self.client.agent.service.register,
                    registration.name, service_id=registration.service_id, address=registration.address or None,
                    port=registration.port or None, tags=payload["Tags"], meta=payload["Meta"],
                    check=checks[0] if checks else None, extra_checks=checks[1:],
-                   replace_existing_checks=True, service=registration.name)
+                   replace_existing_checks=False, service=registration.name)
+        for check_id in sorted(stale_checks):
+            self._write(f"PUT /v1/agent/check/deregister/{check_id}", self.client.agent.check.deregister, check_id,
+                        service=registration.name)
         if health is not None and registration.ttl_check_id:
             self.update_ttl(registration.ttl_check_id, health, registration.name)
 
     def update_ttl(self, check_id: str, health: Health, service: str = "") -> None:
-        update = self.client.agent.check.ttl_pass if health.status == PASSING else self.client.agent.check.ttl_fail
-        self._write(f"PUT /v1/agent/check/{'pass' if health.status == PASSING else 'fail'} ({check_id})",
-                    update, check_id, health.note, service=service)
+        verb = _TTL_VERBS[health.status]
+        self._write(f"PUT /v1/agent/check/{verb} ({check_id})", getattr(self.client.agent.check, f"ttl_{verb}"),
+                    check_id, health.note, service=service)
 
     def deregister(self, service_id: str, service: str = "") -> None:
         self._write(f"PUT /v1/agent/service/deregister ({service_id})", self.client.agent.service.deregister,
@@ -150,6 +171,9 @@ class Agent:
             return (f"no token was given, so the anonymous token was used: give a token whose policy grants "
                     f"{need} (--token-file or CONSUL_HTTP_TOKEN_FILE)")
         return f"the token from {self.conn.token_source} needs a policy granting {need}"
+
+
+_TTL_VERBS = {PASSING: "pass", WARNING: "warn", CRITICAL: "fail"}
 
 
 def _status(exc: Exception) -> int | None:

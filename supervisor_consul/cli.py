@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
 import platform
@@ -12,12 +13,11 @@ import threading
 import time
 from collections.abc import Sequence
 
-from . import __version__, config, plan, status
-from .agent import Agent, ConsulError
-from .connection import Connection, SettingError, connection
+from . import __version__, config, maintenance, snapshot, status
+from .agent import Agent
+from .connection import SETTINGS, Connection, SettingError, connection
 from .listener import Listener
 from .protocol import protocol_streams
-from .rpc import Supervisor, SupervisorError, rpc_environment
 from .sync import Inbox, Sync
 
 log = logging.getLogger("supervisor_consul")
@@ -56,6 +56,21 @@ def parser() -> argparse.ArgumentParser:
     _consul_options(status_)
     status_.add_argument("--json", action="store_true", help="the rows as JSON")
     status_.set_defaults(run=run_status)
+
+    maint = commands.add_parser(
+        "maint", help="put a program's instances into Consul's maintenance mode, or out of it",
+        description="Consul's maintenance mode for the instances of the named processes: out of DNS and "
+                    "shown in the UI with the reason, while supervisord keeps running them.  The listener "
+                    "leaves them registered, whatever supervisord does with them, until maintenance is "
+                    "turned off.  Exit 0 done, 1 when a name means nothing or a process is not registered, "
+                    "2 when supervisord or Consul cannot be asked or the agent refuses.")
+    maint.add_argument("names", nargs="+", metavar="NAME",
+                       help="as supervisorctl takes them: group:name, group:* or a program's name, or all")
+    maint.add_argument("state", choices=("on", "off"))
+    maint.add_argument("--reason", metavar="TEXT", help="shown in the Consul UI (default: who and when)")
+    _configuration_option(maint)
+    _consul_options(maint)
+    maint.set_defaults(run=run_maint)
     return top
 
 
@@ -106,32 +121,35 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    taken = _snapshot(args)
+    if isinstance(taken, int):
+        return taken
+    lines, code = status.report(taken, args.json, time.time())
+    print("\n".join(lines))
+    return code
+
+
+def run_maint(args: argparse.Namespace) -> int:
+    taken = _snapshot(args)
+    if isinstance(taken, int):
+        return taken
+    reason = args.reason or maintenance.default_reason(getpass.getuser(), taken.host, time.time())
+    lines, code = maintenance.turn(taken, args.names, args.state == "on", reason)
+    print("\n".join(lines))
+    return code
+
+
+def _snapshot(args: argparse.Namespace) -> snapshot.Snapshot | int:
+    """The reading `status` and `maint` work from, or 2 when something cannot be asked (said on stderr)."""
     try:
-        conn = _connection(args)
-        configfile = config.locate(args.configuration)
-    except (SettingError, config.ConfigNotFound) as exc:
+        return snapshot.take(config.locate(args.configuration), _connection(args))
+    except (SettingError, config.ConfigNotFound, snapshot.Unavailable) as exc:
         print(f"supervisor-consul: {exc}", file=sys.stderr)
         return 2
-    configuration = config.read(configfile)
-    if not configuration.readable:
-        print(f"supervisor-consul: {configuration.problems[0]}", file=sys.stderr)
-        return 2
-    host = platform.node()
-    owner = plan.owner_id(host, os.path.realpath(configuration.configfile), configuration.identifier)
-    try:
-        infos = Supervisor(rpc_environment(configuration)).all_process_info()
-        owned = Agent(conn).owned(owner)
-    except (SupervisorError, ConsulError) as exc:
-        print(f"supervisor-consul: {exc}", file=sys.stderr)
-        return 2
-    rows = status.instances(configuration.services, infos, owned, owner, host, time.time())
-    print(status.as_json(rows) if args.json else "\n".join(status.text(rows)))
-    return 1 if any(row.drift for row in rows) else 0
 
 
 def _connection(args: argparse.Namespace) -> Connection:
-    return connection(args.http_addr, args.token, args.token_file, args.ca_file, args.client_cert,
-                      args.client_key, ca_path=args.ca_path, tls_server_name=args.tls_server_name)
+    return connection(**{key: getattr(args, key) for key in SETTINGS})
 
 
 def run_listen(args: argparse.Namespace) -> int:

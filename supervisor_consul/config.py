@@ -13,13 +13,14 @@ import contextlib
 import getopt
 import os
 import re
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import supervisor.options as supervisor_options
 from supervisor.datatypes import dict_of_key_value_pairs
-from supervisor.options import ServerOptions, expand
+from supervisor.options import EventListenerPoolConfig, ServerOptions, expand, make_namespec
 
 from . import durations
 
@@ -114,6 +115,7 @@ class Configuration:
     readable: bool = True  # False when supervisor itself could not read the file
     files: tuple[str, ...] = ()  # every file read, for change detection
     server_configs: tuple[dict[str, Any], ...] = ()
+    listeners: tuple[str, ...] = ()  # namespecs of the event listeners that run `supervisor-consul listen`
 
 
 class ConfigNotFound(Exception):
@@ -153,7 +155,22 @@ def read(configfile: str) -> Configuration:
         problems=tuple(problems),
         files=files,
         server_configs=tuple(options.configroot.supervisord.server_configs),
+        listeners=tuple(make_namespec(group.name, process.name)
+                        for group in options.process_group_configs if isinstance(group, EventListenerPoolConfig)
+                        for process in group.process_configs if runs_listener(process.command)),
     )
+
+
+def runs_listener(command: str) -> bool:
+    """Whether a command line runs `supervisor-consul listen` (or `python -m supervisor_consul listen`)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return False
+    for index, word in enumerate(words):
+        if os.path.basename(word) == "supervisor-consul" or word == "supervisor_consul":
+            return "listen" in words[index + 1:]
+    return False
 
 
 def locate(explicit: str | None = None, parent_pid: int | None = None) -> str:

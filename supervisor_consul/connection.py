@@ -70,6 +70,11 @@ class Connection:
                 f"the agent's ca_file and allow client authentication")
 
 
+# connection()'s settings: the command-line options' names, with underscores.
+SETTINGS = ("http_addr", "token", "token_file", "ca_file", "client_cert", "client_key", "ca_path",
+            "tls_server_name")
+
+
 def connection(http_addr: str | None = None, token: str | None = None, token_file: str | None = None,
                ca_file: str | None = None, client_cert: str | None = None, client_key: str | None = None,
                env: Mapping[str, str] = os.environ, ca_path: str | None = None,

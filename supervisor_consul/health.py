@@ -14,6 +14,13 @@
 An instance critical for longer than `deregister_after` is deregistered, as
 Consul itself would, so the listener does not register it again.  With
 `check = none` there is no health to carry, so only RUNNING is registered.
+
+In maintenance (Consul's own maintenance check, which keeps the instance out
+of DNS) an instance stays registered whatever its process does, and every
+state but RUNNING shows as `warning` instead of critical or deregistered:
+Consul reaps an instance whose process check stays critical, and the
+maintenance would go with it.  A dead listener still lets the TTL expire to
+critical, so a host that is gone is cleaned up as always.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from .config import ServiceSpec
 from .events import ProcessStateChange
 
 PASSING: Final = "passing"
+WARNING: Final = "warning"
 CRITICAL: Final = "critical"
 # supervisord's states whose `since` is the moment the process last died.
 _DIED_STATES = ("EXITED", "BACKOFF", "FATAL")
@@ -109,6 +117,24 @@ def wanted(status: ProcessStatus, spec: ServiceSpec, now: float) -> Wanted:
     return health
 
 
+def in_maintenance(status: ProcessStatus, spec: ServiceSpec) -> Wanted:
+    """What Consul should show for a process whose instance is in maintenance."""
+    health = _health(status, spec)
+    if health is KEEP or (isinstance(health, Health) and health.status == PASSING):
+        return health
+    if not spec.ttl_check or (isinstance(health, Health) and not health.registers):
+        # No check to carry the state; or a state that only passes through
+        # (STOPPING, BACKOFF): the agent syncs a note to the catalog lazily
+        # unless the status changes with it, so the next state's warning
+        # should be the change the UI sees at once.
+        return KEEP
+    note = health.note if isinstance(health, Health) else _GONE_NOTES.get(status.state, status.state)
+    return Health(WARNING, f"{note} (kept registered: in maintenance)")
+
+
+_GONE_NOTES = {"FATAL": "FATAL: supervisord gave up starting it"}  # states that otherwise deregister
+
+
 def _health(status: ProcessStatus, spec: ServiceSpec) -> Wanted:
     state = status.state
     if state == "RUNNING":
@@ -119,7 +145,7 @@ def _health(status: ProcessStatus, spec: ServiceSpec) -> Wanted:
         return None
     if state == "FATAL":
         if spec.on_fatal == "critical":
-            return Health(CRITICAL, "FATAL: supervisord gave up starting it")
+            return Health(CRITICAL, _GONE_NOTES["FATAL"])
         return None
     if state == "STOPPING":
         return Health(CRITICAL, f"STOPPING pid {status.pid}", registers=False)

@@ -19,6 +19,7 @@ ID_PREFIX = "supervisord"
 OWNER_META = "supervisor-consul-owner"
 SPEC_META = "supervisor-consul-spec"
 FINGERPRINT_VERSION = "1"  # bump when the meaning of a registration changes
+MAINTENANCE_PREFIX = "_service_maintenance:"  # Consul's, for a service's maintenance check
 HEARTBEATS_PER_TTL = 3  # a heartbeat every ttl/3: two can be lost before the check expires
 
 
@@ -35,6 +36,18 @@ def service_id(owner: str, namespec: str) -> str:
 def ttl_check_id(service_id: str) -> str:
     """The process-state check of an instance."""
     return f"{service_id}:process"
+
+
+def maintenance_check_id(service_id: str) -> str:
+    """The check Consul adds for its maintenance mode (`consul maint -service`)."""
+    return f"{MAINTENANCE_PREFIX}{service_id}"
+
+
+def maintenance_reason(service_id: str, checks: list[dict[str, Any]]) -> str | None:
+    """Why an instance is in maintenance (Consul keeps the reason in the check's
+    Notes), or None when it is not."""
+    check = next((c for c in checks if c.get("CheckID") == maintenance_check_id(service_id)), None)
+    return None if check is None else (check.get("Notes") or "").strip()
 
 
 def is_owned(service: dict[str, Any], owner: str) -> bool:
@@ -110,6 +123,7 @@ def registration(spec: ServiceSpec, owner: str, host: str) -> Registration:
 class Desired:
     registration: Registration
     wanted: Wanted
+    maintained: Wanted = KEEP  # what to show instead while the instance is in maintenance
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,7 @@ class Actual:
     status: str | None = None  # of the TTL check
     output: str | None = None
     updated_at: float = 0.0  # monotonic time of our last write to the TTL check; 0: unknown
+    maintenance: str | None = None  # the reason, while Consul has the instance in maintenance
 
 
 @dataclass(frozen=True)
@@ -138,6 +153,9 @@ class Register:
     registration: Registration
     health: Health | None
     initial: str = CRITICAL
+    # Our own checks the new definition drops: registering keeps every check the
+    # instance has, since replacing them would also end a maintenance.
+    stale_checks: frozenset[str] = frozenset()
 
     @property
     def service_id(self) -> str:
@@ -171,24 +189,26 @@ def plan(desired: dict[str, Desired], actual: dict[str, Actual], now: float, com
     operations: list[Operation] = []
     for sid, want in desired.items():
         have = actual.get(sid)
-        if want.wanted is KEEP:
+        wanted = want.maintained if have is not None and have.maintenance is not None else want.wanted
+        if wanted is KEEP:
             if have is not None and have.status is not None and want.registration.ttl_check_id:
                 kept = Health(have.status, have.output or "")
                 operations.extend(_heartbeat(want.registration, have, kept, now))
             continue
-        if want.wanted is None:
+        if wanted is None:
             if have is not None:
                 operations.append(Deregister(sid, want.registration.name))
             continue
-        assert isinstance(want.wanted, Health)
-        if have is None and not want.wanted.registers:
+        assert isinstance(wanted, Health)
+        if have is None and not wanted.registers:
             continue  # a passing moment (STOPPING, BACKOFF) of something never registered
         if have is None or not _same_registration(want.registration, have):
             initial = (have.status if have is not None else None) or CRITICAL
-            operations.append(Register(want.registration, want.wanted if want.registration.ttl_check_id else None,
-                                       initial))
+            stale = frozenset(c for c in have.check_ids if c.startswith(f"{sid}:")) if have else frozenset()
+            operations.append(Register(want.registration, wanted if want.registration.ttl_check_id else None,
+                                       initial, stale - want.registration.check_ids))
         elif want.registration.ttl_check_id:
-            operations.extend(_heartbeat(want.registration, have, want.wanted, now))
+            operations.extend(_heartbeat(want.registration, have, wanted, now))
     if complete:
         operations.extend(Deregister(sid) for sid in actual if sid not in desired)
     return operations

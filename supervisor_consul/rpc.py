@@ -66,6 +66,9 @@ class Supervisor:
     def process_info(self, namespec: str) -> dict[str, Any]:
         return self._call("getProcessInfo", namespec)
 
+    def signal(self, namespec: str, signal: str) -> None:
+        self._call("signalProcess", namespec, signal)
+
     def wake(self) -> None:
         """Any request wakes supervisord's main loop from its poll() (up to a
         second) for a few passes; getState is the lightest."""

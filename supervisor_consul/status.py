@@ -16,6 +16,7 @@ from supervisor.options import make_namespec
 
 from . import health, plan
 from .config import ServiceSpec
+from .snapshot import Snapshot
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Instance:
     address: str  # address:port as registered, or as it will be
     checks: tuple[Check, ...] = ()
     drift: str = ""  # empty when Consul agrees with supervisord
+    maintenance: str | None = None  # the reason, while the instance is in Consul's maintenance mode
 
 
 def instances(services: dict[str, ServiceSpec], infos: list[dict[str, Any]],
@@ -49,11 +51,14 @@ def instances(services: dict[str, ServiceSpec], infos: list[dict[str, Any]],
             continue
         registration = plan.registration(spec, owner, host)
         have = left.pop(registration.service_id, None)
-        want = health.wanted(health.from_info(None, info, spec), spec, now)
+        process = health.from_info(None, info, spec)
+        maintained = have is not None and plan.maintenance_reason(registration.service_id, have[1]) is not None
+        want = health.in_maintenance(process, spec) if maintained else health.wanted(process, spec, now)
         rows.append(_row(namespec, info["statename"], registration, have, _drift(registration, have, want)))
     for sid, (service, checks) in sorted(left.items()):
         rows.append(Instance("-", "-", service.get("Service", ""), sid, _address(service),
-                             _checks(checks), "registered, but supervisord runs no such process"))
+                             _checks(checks), "registered, but supervisord runs no such process",
+                             plan.maintenance_reason(sid, checks)))
     return rows
 
 
@@ -81,7 +86,7 @@ def _row(namespec: str, state: str, registration: plan.Registration,
         return Instance(namespec, state, registration.name, registration.service_id, address, (), drift)
     service, checks = have
     return Instance(namespec, state, registration.name, registration.service_id, _address(service),
-                    _checks(checks), drift)
+                    _checks(checks), drift, plan.maintenance_reason(registration.service_id, checks))
 
 
 def _address(service: dict[str, Any]) -> str:
@@ -90,8 +95,17 @@ def _address(service: dict[str, Any]) -> str:
 
 
 def _checks(checks: list[dict[str, Any]]) -> tuple[Check, ...]:
-    return tuple(Check(c.get("Name", c.get("CheckID", "")), c.get("Status", ""), (c.get("Output") or "").strip())
+    # A maintenance check has no output; its reason is in Notes.
+    return tuple(Check(c.get("Name", c.get("CheckID", "")), c.get("Status", ""),
+                       (c.get("Output") or c.get("Notes") or "").strip())
                  for c in sorted(checks, key=lambda c: c.get("CheckID", "")))
+
+
+def report(snapshot: Snapshot, as_json: bool, now: float) -> tuple[list[str], int]:
+    """What `status` prints, and its exit status: 0 in step, 1 on drift."""
+    rows = instances(snapshot.configuration.services, snapshot.infos, snapshot.owned, snapshot.owner,
+                     snapshot.host, now)
+    return [as_json_text(rows)] if as_json else text(rows), 1 if any(row.drift for row in rows) else 0
 
 
 def text(rows: list[Instance]) -> list[str]:
@@ -101,7 +115,8 @@ def text(rows: list[Instance]) -> list[str]:
     width = max(len(r.namespec) for r in rows)
     lines = []
     for r in rows:
-        mark = f"  DRIFT: {r.drift}" if r.drift else ""
+        mark = (f"  MAINTENANCE: {r.maintenance}" if r.maintenance is not None else "") + \
+            (f"  DRIFT: {r.drift}" if r.drift else "")
         lines.append(f"{r.namespec:<{width}}  {r.state:<9} {r.service}  {r.service_id}  {r.address}{mark}")
         lines.extend(f"{'':<{width}}    {c.status:<8} {c.name}: {_one_line(c.note)}" for c in r.checks)
     return lines
@@ -113,6 +128,6 @@ def _one_line(note: str, limit: int = 100) -> str:
     return first if len(first) <= limit and first == note else first[:limit].rstrip() + " …"
 
 
-def as_json(rows: list[Instance]) -> str:
+def as_json_text(rows: list[Instance]) -> str:
     return json.dumps([{**asdict(r), "in_step": not r.drift} for r in rows], indent=1)
 

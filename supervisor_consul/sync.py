@@ -26,7 +26,7 @@ from .agent import Agent, ConsulError
 from .config import Configuration, ServiceSpec
 from .events import GroupsChanged, Hint, ProcessStateChange, SupervisorStateChange
 from .health import ProcessStatus
-from .plan import Actual, Desired, Operation, Register, Registration, UpdateTTL
+from .plan import Actual, Deregister, Desired, Operation, Register, Registration, UpdateTTL
 from .rpc import Supervisor, SupervisorError, Waker, rpc_environment
 
 RECONCILE_EVERY = 60.0
@@ -316,7 +316,8 @@ class Sync:
             registration = self.registrations.get(namespec)
             spec: ServiceSpec | None = self.configuration.services.get(namespec)
             if registration is not None and spec is not None:
-                result[registration.service_id] = Desired(registration, health.wanted(status, spec, now))
+                result[registration.service_id] = Desired(registration, health.wanted(status, spec, now),
+                                                          health.in_maintenance(status, spec))
         return result
 
     # -- converging ------------------------------------------------------------
@@ -358,7 +359,15 @@ class Sync:
             return 0
         now = self._monotonic()
         applied = 0
-        for operation in plan.plan(self.desired(), self.actual, now, self.complete):
+        desired = self.desired()
+        operations = plan.plan(desired, self.actual, now, self.complete)
+        if any(isinstance(op, Deregister) and op.service_id in desired for op in operations):
+            # Compare first: an operator may just have put it into maintenance, which
+            # only the agent knows, and deregistering would end that maintenance.
+            if not self._read_maintenance():
+                return 0
+            operations = plan.plan(desired, self.actual, now, self.complete)
+        for operation in operations:
             if self._retry_at.get(operation.service_id, 0) > now:
                 continue
             try:
@@ -371,14 +380,26 @@ class Sync:
                 self._operation_failed(operation, exc)
         return applied
 
+    def _read_maintenance(self) -> bool:
+        assert self.actual is not None
+        try:
+            reasons = self.agent.in_maintenance(self.owner)
+        except ConsulError as exc:
+            self._agent_failed(exc)
+            return False
+        self.actual = {sid: replace(have, maintenance=reasons.get(sid)) for sid, have in self.actual.items()}
+        return True
+
     def _apply(self, operation: Operation) -> None:
         assert self.actual is not None
         if isinstance(operation, Register):
             registration, wanted = operation.registration, operation.health
-            self.agent.register(registration, wanted, operation.initial)
+            self.agent.register(registration, wanted, operation.initial, operation.stale_checks)
+            had = self.actual.get(registration.service_id)
             self.actual[registration.service_id] = Actual(
                 registration.service_id, registration.fingerprint, registration.check_ids,
-                wanted.status if wanted else None, wanted.note if wanted else None, self._monotonic())
+                wanted.status if wanted else None, wanted.note if wanted else None, self._monotonic(),
+                had.maintenance if had else None)
             log.info("registered %s as %s%s", _namespec(registration), registration.name,
                      f" ({wanted.status}: {wanted.note})" if wanted else "")
         elif isinstance(operation, UpdateTTL):

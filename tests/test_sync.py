@@ -57,13 +57,20 @@ class FakeAgent:
         self._answer()
         return {k: v for k, v in self.services.items() if k.startswith(f"supervisord:{owner}:")}
 
-    def register(self, registration, health, initial=CRITICAL) -> None:
+    def register(self, registration, health, initial=CRITICAL, stale_checks=frozenset()) -> None:
         self._answer()
         self.writes.append(("register", registration.service_id, health, initial))
         checks = frozenset(dict(c)["CheckID"] for c in registration.checks)
+        had = self.services.get(registration.service_id)
         self.services[registration.service_id] = Actual(
             registration.service_id, registration.fingerprint, checks,
-            health.status if health else initial, health.note if health else None)
+            health.status if health else initial, health.note if health else None,
+            maintenance=had.maintenance if had else None)  # registering keeps a maintenance
+
+    def in_maintenance(self, owner: str) -> dict[str, str]:
+        self._answer()
+        return {sid: have.maintenance for sid, have in self.read_owned(owner).items()
+                if have.maintenance is not None}
 
     def update_ttl(self, check_id: str, health: Health, service: str = "") -> None:
         self._answer()
@@ -524,3 +531,19 @@ def test_no_wake_when_an_event_arrived_after_it_was_due(world):
     inbox.close()
     world.sync.run()
     assert world.supervisor.wakes == 0
+
+
+def test_maintenance_set_behind_its_back_is_read_before_deregistering(world):
+    """`supervisor-consul maint` (or `consul maint`) writes only to the agent: the
+    listener learns of it, at the latest, just before it would deregister."""
+    world.round()
+    world.take_writes()
+    world.agent.services[sid("web")] = replace(world.agent.services[sid("web")], maintenance="disk swap")
+    world.supervisor.set("web", "STOPPED")
+    world.deliver(ProcessStateChange("web", "STOPPED", "STOPPING", 42))
+    assert world.take_writes() == [("update_ttl", f"{sid('web')}:process",
+                                    Health("warning", "STOPPED (kept registered: in maintenance)"))]
+
+    world.agent.services[sid("web")] = replace(world.agent.services[sid("web")], maintenance=None)
+    world.round()
+    assert world.take_writes() == [("deregister", sid("web"))]
