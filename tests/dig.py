@@ -1,0 +1,243 @@
+"""DNS the way operators query it: the real `dig`, and a real dnsmasq forwarding `.consul`.
+
+    dig(server, port, name, rdtype) -> list[str]   the ANSWER section's records of rdtype,
+                                                   as `dig +short` prints them
+    dig_text(server, port, name, rdtype, *options)  dig's whole output
+    Dnsmasq(workdir, conf_text)                     dnsmasq on a free loopback port
+
+dig comes from scripts/get-dig (dig on PATH, or Debian's bind9-dnsutils fetched
+into the cache); dnsmasq from Debian's dnsmasq-base, fetched with
+scripts/get-deb with the shared libraries this machine lacks.  Every process
+started here is stopped by its pid.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import time
+
+from tests.harness import LOOPBACK, free_port
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+GET_DIG = REPO_ROOT / "scripts" / "get-dig"
+GET_DEB = REPO_ROOT / "scripts" / "get-deb"
+
+
+class DigError(RuntimeError):
+    """dig got no answer, or an answer with a status other than NOERROR/NXDOMAIN."""
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+@functools.cache
+def dig_dir() -> str:
+    """A directory holding a runnable `dig`, from scripts/get-dig (cached)."""
+    proc = subprocess.run([str(GET_DIG)], check=False, capture_output=True, text=True, timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"scripts/get-dig failed (rc={proc.returncode}): {_last_line(proc.stderr)}")
+    return lines[-1].strip()
+
+
+def dig_binary() -> str:
+    return os.path.join(dig_dir(), "dig")
+
+
+def dig_text(server: str, port: int, name: str, rdtype: str = "A", *options: str,
+             timeout: float = 20) -> str:
+    """`dig @SERVER -p PORT NAME RDTYPE OPTIONS...`'s stdout; DigError if dig fails (no reply)."""
+    proc = subprocess.run([dig_binary(), f"@{server}", "-p", str(port), name, rdtype, *options],
+                          check=False, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise DigError(f"dig @{server} -p {port} {name} {rdtype} exited {proc.returncode}: "
+                       f"{_last_line(proc.stdout + proc.stderr)}")
+    return proc.stdout
+
+
+_STATUS = re.compile(r"^;; ->>HEADER<<- .*\bstatus: ([A-Z]+)", re.MULTILINE)
+
+
+def dig(server: str, port: int, name: str, rdtype: str = "A", *, timeout: float = 20) -> list[str]:
+    """The records of type rdtype in the ANSWER section, as `dig +short` prints them
+    (`127.0.0.1`; `1 1 8080 node.node.dc1.consul.`), in the server's order.
+
+    NXDOMAIN gives []; no reply, or any other status (SERVFAIL, REFUSED, ...),
+    raises DigError, so a wait_for() polling this treats it as "not yet".
+    """
+    out = dig_text(server, port, name, rdtype, "+time=2", "+tries=2", timeout=timeout)
+    status = _STATUS.search(out)
+    if status is None:
+        raise DigError(f"no header in dig's output for {name} {rdtype}: {_last_line(out)}")
+    if status.group(1) == "NXDOMAIN":
+        return []
+    if status.group(1) != "NOERROR":
+        raise DigError(f"dig {name} {rdtype}: status {status.group(1)}")
+    records: list[str] = []
+    in_answer = False
+    for line in out.splitlines():
+        if line.startswith(";; ANSWER SECTION:"):
+            in_answer = True
+        elif in_answer and (not line.strip() or line.startswith(";")):
+            break
+        elif in_answer:
+            fields = line.split(None, 4)  # owner TTL class type rdata
+            if len(fields) == 5 and fields[3].upper() == rdtype.upper():
+                records.append(fields[4].strip())
+    return records
+
+
+def srv_ports(records: list[str]) -> list[int]:
+    """The ports of SRV records (`priority weight port target`), sorted."""
+    return sorted(int(r.split()[2]) for r in records)
+
+
+# ------------------------------------------------------------------ dnsmasq
+
+def _tail(path: pathlib.Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+def _soname_package(soname: str) -> str:
+    """The Debian package shipping a shared library (the naming rule, with its exceptions)."""
+    special = {"libz.so.1": "zlib1g", "libxml2.so.2": "libxml2",
+               "libcrypto.so.3": "libssl3", "libssl.so.3": "libssl3"}
+    if soname in special:
+        return special[soname]
+    m = re.fullmatch(r"(lib.+?)\.so\.(\d+)(?:\..*)?", soname)
+    if m is None:
+        raise RuntimeError(f"no Debian package known for {soname}")
+    base, version = m.group(1).replace("_", "-").lower(), m.group(2)
+    return f"{base}-{version}" if base[-1].isdigit() else f"{base}{version}"
+
+
+def _get_deb(package: str, force: bool = False) -> pathlib.Path:
+    proc = subprocess.run([str(GET_DEB), *(["-f"] if force else []), "native", package],
+                          check=False, capture_output=True, text=True, timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"scripts/get-deb native {package} failed (rc={proc.returncode}): "
+                           f"{_last_line(proc.stderr)}")
+    return pathlib.Path(lines[-1].strip())
+
+
+def _lib_dirs(root: pathlib.Path) -> list[str]:
+    return sorted({str(p.parent) for p in root.rglob("lib*.so*") if p.is_file() or p.is_symlink()})
+
+
+def _missing_sonames(binary: str, lib_path: str) -> list[str]:
+    proc = subprocess.run(["ldd", binary], check=False, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, LD_LIBRARY_PATH=lib_path))
+    return sorted({ln.split()[0] for ln in proc.stdout.splitlines() if "=> not found" in ln})
+
+
+@functools.cache
+def dnsmasq_binary() -> tuple[str, str]:
+    """(path of Debian's dnsmasq, the LD_LIBRARY_PATH it needs here), fetched with get-deb."""
+    import shutil
+    found = shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin:/sbin")
+    if found:
+        return found, ""
+    binary = str(_get_deb("dnsmasq-base") / "usr" / "sbin" / "dnsmasq")
+    dirs: list[str] = []
+    fetched: dict[str, bool] = {}  # package -> fetched again with -f
+    for _ in range(10):
+        missing = _missing_sonames(binary, os.pathsep.join(dirs))
+        if not missing:
+            break
+        for package, soname in {_soname_package(soname): soname for soname in missing}.items():
+            if fetched.get(package):
+                raise RuntimeError(f"dnsmasq still lacks {soname} after fetching {package} again")
+            root = _get_deb(package, force=package in fetched)
+            fetched[package] = package in fetched
+            dirs.extend(d for d in _lib_dirs(root) if d not in dirs)
+    else:
+        raise RuntimeError(f"dnsmasq lacks {missing}")
+    return binary, os.pathsep.join(dirs)
+
+
+class Dnsmasq:
+    """A real dnsmasq on 127.0.0.1:port (free), reading only conf_text: no
+    /etc/resolv.conf, no /etc/hosts, no pid file, no daemon, no privileges dropped
+    (it stays the user that runs the tests)."""
+
+    def __init__(self, workdir: pathlib.Path, conf_text: str) -> None:
+        self.workdir = pathlib.Path(workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.conf = self.workdir / "dnsmasq.conf"
+        self.conf.write_text(conf_text)
+        self.log_path = self.workdir / "dnsmasq.log"
+        self.port = free_port()
+        self._proc: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def command(self) -> list[str]:
+        import pwd
+        binary, _ = dnsmasq_binary()
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        return [binary, "--keep-in-foreground", "--log-facility=-", "--log-queries",
+                f"--port={self.port}", f"--listen-address={LOOPBACK}", "--bind-interfaces",
+                "--no-resolv", "--no-hosts", "--pid-file", f"--conf-file={self.conf}",
+                *([f"--user={user}"] if os.geteuid() == 0 else [])]
+
+    def start(self) -> None:
+        _, lib_path = dnsmasq_binary()
+        env = dict(os.environ)
+        if lib_path:
+            env["LD_LIBRARY_PATH"] = lib_path + (os.pathsep + env["LD_LIBRARY_PATH"]
+                                                 if env.get("LD_LIBRARY_PATH") else "")
+        self._log = open(self.log_path, "ab")
+        self._proc = subprocess.Popen(self.command(), env=env, stdin=subprocess.DEVNULL,
+                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=str(self.workdir))
+        try:
+            # Any reply at all (REFUSED for a name it has no server for) means it is listening.
+            deadline = time.monotonic() + 20
+            while True:
+                if self._proc.poll() is not None:
+                    raise RuntimeError(f"dnsmasq exited early (rc={self._proc.returncode}); "
+                                       f"log tail:\n{_tail(self.log_path)}")
+                try:
+                    dig_text(LOOPBACK, self.port, "ready.invalid", "A", "+time=1", "+tries=1")
+                    break
+                except DigError as exc:
+                    if time.monotonic() >= deadline:
+                        raise RuntimeError(f"dnsmasq not answering after 20s ({exc}); "
+                                           f"log tail:\n{_tail(self.log_path)}") from None
+        except BaseException:
+            self.stop()
+            raise
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Dnsmasq:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
