@@ -1,5 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-# Both set up what they need: the venv, the Python packages, consul and nc.
+# Both set up what they need: the venv, the Python packages, consul, nc and dig
+# (and, for the tests, dnsmasq and chromium).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -16,6 +17,7 @@ venv: $(BIN)/.installed
 test: venv
 	scripts/get-consul >/dev/null
 	scripts/get-nc >/dev/null
+	scripts/get-dig >/dev/null
 	$(BIN)/python -m pytest
 
 # The fault suite alone, with the full 10-minute churn soak; ends with the report table.
