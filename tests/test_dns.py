@@ -3,14 +3,12 @@ through a real dnsmasq that forwards `.consul` to it (the README's snippet)."""
 from __future__ import annotations
 
 import json
-import random
-import socket
-import sys
 import urllib.request
 import uuid
 
 from tests.dig import Dnsmasq, dig, srv_ports
 from tests.harness import LOOPBACK, ConsulAgent, wait_for
+from tests.test_integration import free_port_prefix, listener
 
 
 def node_target(agent: ConsulAgent) -> str:
@@ -20,40 +18,10 @@ def node_target(agent: ConsulAgent) -> str:
     return f"{config['NodeName']}.node.{config['Datacenter']}.consul."
 
 
-def listener(agent: ConsulAgent) -> str:
-    return f"""
-[eventlistener:consul]
-command={sys.executable} -m supervisor_consul listen -c %(here)s/supervisord.conf --http-addr {agent.http_addr}
-events=PROCESS_STATE,PROCESS_GROUP,TICK_5
-buffer_size=100
-priority=-2
-autorestart=true
-stdout_logfile=NONE
-stderr_logfile=%(here)s/listener.log
-"""
-
-
-def port_prefix(count: int) -> str:
-    """A prefix P such that ports P1..P<count> are free on loopback (for port=P%(process_num)d)."""
-    def free(port: int) -> bool:
-        with socket.socket() as s:
-            try:
-                s.bind((LOOPBACK, port))
-            except OSError:
-                return False
-        return True
-
-    for _ in range(200):
-        prefix = str(random.randint(2000, 6000))
-        if all(free(int(f"{prefix}{n}")) for n in range(1, count + 1)):
-            return prefix
-    raise RuntimeError("no free port prefix")
-
-
 def netcat(agent: ConsulAgent, make, numprocs: int):
     """A supervisord running `nc -l 127.0.0.1 PORT` numprocs times, each one an
     instance of one service (port P1, P2, ...); (supervisord, service name, ports)."""
-    name, prefix = f"netcat-{uuid.uuid4().hex[:8]}", port_prefix(numprocs)
+    name, prefix = f"netcat-{uuid.uuid4().hex[:8]}", free_port_prefix(numprocs)
     sv = make(f"""
 [program:netcat]
 command=nc -l 127.0.0.1 {prefix}%(process_num)d
@@ -66,7 +34,7 @@ autorestart=true
 name={name}
 port={prefix}%(process_num)d
 tags=tcp
-""" + listener(agent))
+""" + listener(agent, buffer_size=100))
     return sv, name, [int(f"{prefix}{n}") for n in range(1, numprocs + 1)]
 
 
