@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test faults bench demo check clean
+.PHONY: venv test faults bench demo cluster-demo check clean
 
 $(BIN)/.installed: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,7 @@ test: venv
 	scripts/get-consul >/dev/null
 	scripts/get-nc >/dev/null
 	scripts/get-dig >/dev/null
+	scripts/get-chromium >/dev/null
 	$(BIN)/python -m pytest
 
 # The fault suite alone, with the full 10-minute churn soak; ends with the report table.
@@ -35,8 +36,12 @@ bench: venv
 demo: venv
 	scripts/demo
 
+# Three Consul servers and two hosts (client agent + supervisord + listener) on 127.0.0.x.
+cluster-demo: venv
+	scripts/cluster-demo
+
 check: venv
 	$(BIN)/supervisor-consul check -c etc/supervisord.conf.sample
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache *.egg-info
+	rm -rf $(VENV) demo demo-cluster .pytest_cache *.egg-info

@@ -20,11 +20,9 @@ import signal
 import subprocess
 import time
 
-from tests.harness import LOOPBACK, free_port
+from tests.harness import LOOPBACK, fetched, free_port
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-GET_DIG = REPO_ROOT / "scripts" / "get-dig"
-GET_DEB = REPO_ROOT / "scripts" / "get-deb"
 
 
 class DigError(RuntimeError):
@@ -38,12 +36,8 @@ def _last_line(text: str) -> str:
 
 @functools.cache
 def dig_dir() -> str:
-    """A directory holding a runnable `dig`, from scripts/get-dig (cached)."""
-    proc = subprocess.run([str(GET_DIG)], check=False, capture_output=True, text=True, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"scripts/get-dig failed (rc={proc.returncode}): {_last_line(proc.stderr)}")
-    return lines[-1].strip()
+    """A directory holding a runnable `dig`."""
+    return fetched("get-dig")
 
 
 def dig_binary() -> str:
@@ -120,13 +114,7 @@ def _soname_package(soname: str) -> str:
 
 
 def _get_deb(package: str, force: bool = False) -> pathlib.Path:
-    proc = subprocess.run([str(GET_DEB), *(["-f"] if force else []), "native", package],
-                          check=False, capture_output=True, text=True, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"scripts/get-deb native {package} failed (rc={proc.returncode}): "
-                           f"{_last_line(proc.stderr)}")
-    return pathlib.Path(lines[-1].strip())
+    return pathlib.Path(fetched("get-deb", *(["-f"] if force else []), "native", package))
 
 
 def _lib_dirs(root: pathlib.Path) -> list[str]:

@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import pathlib
+import random
 import shutil
 import signal
 import socket
@@ -21,8 +22,6 @@ import xmlrpc.client
 from typing import Any, Callable, Iterable
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-GET_CONSUL = REPO_ROOT / "scripts" / "get-consul"
-GET_NC = REPO_ROOT / "scripts" / "get-nc"
 LOOPBACK = "127.0.0.1"
 
 _handed_out_ports: set[int] = set()
@@ -46,6 +45,27 @@ def free_port() -> int:
         _handed_out_ports.add(port)
         return port
     raise RuntimeError("could not find a free loopback port")
+
+
+def free_port_prefix(count: int, digits: int = 1) -> str:
+    """A prefix P such that ports P1..P<count> are free on loopback (for
+    port=P%(process_num)d; with digits=2, P01.., for %(process_num)02d).  All
+    below the usual ephemeral range (32768-60999), so no outgoing connection
+    takes one meanwhile."""
+    def free(port: int) -> bool:
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                return False
+        return True
+
+    scale = 10 ** digits
+    for _ in range(200):
+        prefix = random.randint(10_000 // scale, 32_767 // scale - 1)
+        if all(free(prefix * scale + n) for n in range(1, count + 1)):
+            return str(prefix)
+    raise RuntimeError("no free port prefix")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0,
@@ -72,29 +92,27 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0,
         time.sleep(interval)
 
 
-@functools.lru_cache(maxsize=None)
-def consul_binary() -> str:
-    """Absolute path of a consul binary, from scripts/get-consul (cached)."""
-    proc = subprocess.run([str(GET_CONSUL)], capture_output=True, text=True,
-                          timeout=900)
+def fetched(script: str, *args: str) -> str:
+    """What one of the project's fetch scripts (scripts/get-consul, get-nc, get-dig,
+    get-chromium, get-deb) prints: the path of what it found or fetched."""
+    proc = subprocess.run([str(REPO_ROOT / "scripts" / script), *args], capture_output=True, text=True,
+                          timeout=900, stdin=subprocess.DEVNULL)
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     if proc.returncode != 0 or not lines:
         reason = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        raise RuntimeError(f"scripts/get-consul failed (rc={proc.returncode}): {reason[0]}")
+        raise RuntimeError(f"scripts/{' '.join((script, *args))} failed (rc={proc.returncode}): {reason[0]}")
     return lines[-1].strip()
+
+
+@functools.lru_cache(maxsize=None)
+def consul_binary() -> str:
+    return fetched("get-consul")
 
 
 @functools.lru_cache(maxsize=None)
 def nc_dir() -> str:
-    """A directory holding an OpenBSD `nc`, from scripts/get-nc (cached)."""
-    proc = subprocess.run([str(GET_NC)], capture_output=True, text=True,
-                          timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    if proc.returncode != 0 or not lines:
-        stderr = "\n".join(proc.stderr.strip().splitlines()[-20:])
-        raise RuntimeError(
-            f"scripts/get-nc failed (rc={proc.returncode}): {stderr or '(no output)'}")
-    return lines[-1].strip()
+    """A directory holding an OpenBSD `nc`."""
+    return fetched("get-nc")
 
 
 def _with_nc_on_path(env: dict) -> dict:

@@ -7,8 +7,8 @@ import urllib.request
 import uuid
 
 from tests.dig import Dnsmasq, dig, srv_ports
-from tests.harness import LOOPBACK, ConsulAgent, wait_for
-from tests.test_integration import free_port_prefix, listener
+from tests.harness import LOOPBACK, ConsulAgent, free_port_prefix, wait_for
+from tests.test_integration import listener
 
 
 def node_target(agent: ConsulAgent) -> str:

@@ -171,7 +171,7 @@ def test_supervisord_killed_restart_adopts_and_removes_its_orphan(own_agent, sup
     owner = owner_of(sv)
     # Another tool's instance of the same service, and another supervisord's, both on this agent.
     own_agent.register_foreign({"Name": service, "ID": f"{service}-foreign", "Port": 1})
-    other = {"Name": service, "ID": f"supervisord:0123456789ab:p3", "Port": 2,
+    other = {"Name": service, "ID": "supervisord:0123456789ab:p3", "Port": 2,
              "Meta": {"supervisor-consul-owner": "0123456789ab"}}
     own_agent.register_foreign(other)
 
@@ -236,7 +236,6 @@ name={service}
              timeout=120, message="supervisord to report all 300 RUNNING")
     running = time.monotonic() - started
     seconds = converge(consul_agent, sv, timeout=120)
-    passing = running + seconds
     converged(seconds, f"all RUNNING after {running:.1f} s, all passing {seconds:.1f} s later "
                        f"({overflows(sv)} events dropped by supervisord)")
     assert len(consul_agent.health(service)) == 300

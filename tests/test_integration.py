@@ -7,7 +7,7 @@ import signal
 import sys
 import uuid
 
-from tests.harness import ConsulAgent, free_port, wait_for
+from tests.harness import ConsulAgent, free_port, free_port_prefix, wait_for
 
 
 def listener(agent: ConsulAgent, buffer_size: int = 10) -> str:
@@ -135,26 +135,6 @@ name={name}
     os.kill(pid, signal.SIGKILL)
     sv.wait_state("flaky", "FATAL", timeout=30)
     wait_for(lambda: instances(consul_agent, name) == [], message="deregistered at FATAL")
-
-
-def free_port_prefix(count: int) -> str:
-    """A prefix P such that ports P1..P<count> are all free (for port=P%(process_num)d)."""
-    import random
-    import socket
-
-    def free(port: int) -> bool:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-        return True
-
-    for _ in range(200):
-        prefix = str(random.randint(2000, 6000))
-        if all(free(int(f"{prefix}{n}")) for n in range(1, count + 1)):
-            return prefix
-    raise RuntimeError("no free port prefix")
 
 
 def test_numprocs_three_instances_with_ports_and_http_checks(consul_agent, supervisord_factory):

@@ -162,8 +162,8 @@ def test_acl_unknown_token_is_named_as_unknown_once(secure_agent, supervisord_fa
 
     wait_for(lambda: refusals() >= 3, message="three refused reads")
     [line] = log_lines(sv, "ACL not found")
-    assert (f"refused GET /v1/agent/services: 403 ACL not found; the agent knows no token with the SecretID "
-            f"from CONSUL_HTTP_TOKEN: give an existing token's SecretID") in line
+    assert ("refused GET /v1/agent/services: 403 ACL not found; the agent knows no token with the SecretID "
+            "from CONSUL_HTTP_TOKEN: give an existing token's SecretID") in line
     assert unknown not in listener_log(sv)
     assert status_of(agent, name) == []
     converged(None, f"ACL not found logged once over {refusals()} refusals")

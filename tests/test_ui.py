@@ -15,23 +15,19 @@ import configparser
 import functools
 import os
 import pathlib
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from typing import Callable, TypeVar
 
 import pytest
 
-from tests.harness import LOOPBACK, REPO_ROOT, ConsulAgent, free_port, wait_for
+from tests.harness import REPO_ROOT, ConsulAgent, fetched, free_port, free_port_prefix, wait_for
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+from playwright import sync_api  # noqa: E402  (setup.cfg's test extra; never `playwright install`)
 
-GET_CHROMIUM = REPO_ROOT / "scripts" / "get-chromium"
-GET_DEB = REPO_ROOT / "scripts" / "get-deb"
 SAMPLE = REPO_ROOT / "etc" / "supervisord.conf.sample"
 DOCS = REPO_ROOT / "docs"
 # The background-networking flags keep Chromium from calling home: on a closed
@@ -56,13 +52,8 @@ CHECKS = """() => Array.from(document.querySelectorAll('li.healthcheck-output'))
 
 @functools.lru_cache(maxsize=None)
 def chromium_binary() -> str:
-    """Absolute path of a Chromium usable headless, from scripts/get-chromium (cached)."""
-    proc = subprocess.run([str(GET_CHROMIUM)], capture_output=True, text=True, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    if proc.returncode != 0 or not lines:
-        reason = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        raise RuntimeError(f"scripts/get-chromium failed (rc={proc.returncode}): {reason[0]}")
-    return lines[-1].strip()
+    """Absolute path of a Chromium usable headless."""
+    return fetched("get-chromium")
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,34 +72,11 @@ def driver_library_dir() -> str | None:
         return None
     if missing != ["libatomic.so.1"]:
         raise RuntimeError(f"Playwright's driver {node} lacks {', '.join(missing)}")
-    proc = subprocess.run([str(GET_DEB), "native", "libatomic1"], capture_output=True, text=True, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    if proc.returncode != 0 or not lines:
-        reason = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        raise RuntimeError(f"scripts/get-deb native libatomic1 failed (rc={proc.returncode}): {reason[0]}")
-    found = sorted(pathlib.Path(lines[-1].strip()).glob("**/libatomic.so.1"))
+    unpacked = fetched("get-deb", "native", "libatomic1")
+    found = sorted(pathlib.Path(unpacked).glob("**/libatomic.so.1"))
     if not found:
-        raise RuntimeError(f"no libatomic.so.1 in {lines[-1].strip()}")
+        raise RuntimeError(f"no libatomic.so.1 in {unpacked}")
     return str(found[0].parent)
-
-
-def free_port_prefix() -> str:
-    """A prefix P such that ports P01, P02 and P03 are free (for port=P%(process_num)02d).
-
-    Below the usual ephemeral range (32768-60999), so no outgoing connection takes one meanwhile."""
-    def free(port: int) -> bool:
-        with socket.socket() as s:
-            try:
-                s.bind((LOOPBACK, port))
-            except OSError:
-                return False
-        return True
-
-    for _ in range(200):
-        prefix = str(random.randint(100, 326))
-        if all(free(int(f"{prefix}0{n}")) for n in (1, 2, 3)):
-            return prefix
-    raise RuntimeError("no free port prefix")
 
 
 def sample_config(agent: ConsulAgent, netcat_port: int, web_prefix: str) -> str:
@@ -209,7 +177,7 @@ def screenshot(page, tmp_path, name: str, publish: bool = False) -> None:
 def test_ui_lists_the_sample_services_passing_then_critical_after_a_crash(ui_agent, supervisord_factory,
                                                                           browser_page, tmp_path):
     page = browser_page
-    sv = supervisord_factory(sample_config(ui_agent, free_port(), free_port_prefix()))
+    sv = supervisord_factory(sample_config(ui_agent, free_port(), free_port_prefix(3, digits=2)))
     for namespec in ("netcat", "web:web_01", "web:web_02", "web:web_03"):
         try:
             sv.wait_state(namespec, "RUNNING", timeout=30)
