@@ -154,5 +154,7 @@ def _health(status: ProcessStatus, spec: ServiceSpec) -> Wanted:
     if state == "EXITED":
         how = "expectedly" if status.expected else "unexpectedly"
         code = f" with exit status {status.exitstatus}" if status.exitstatus is not None else ""
+        if status.exitstatus == -1:
+            code = ": killed by a signal"  # supervisord's exit status for any death by signal
         return Health(CRITICAL, f"EXITED {how}{code}")
     return Health(CRITICAL, f"{state}: supervisord lost track of it")

@@ -176,3 +176,9 @@ def test_from_info_adds_exit_status_to_an_exited_event():
     assert status.exitstatus == 9
     assert status.expected is False  # the event said so
     assert status.since == NOW - 3
+
+
+def test_death_by_signal_is_named_not_shown_as_exit_status_minus_one():
+    # supervisord records -1 as the exit status of any process a signal ended.
+    status = ProcessStatus("EXITED", pid=42, expected=False, exitstatus=-1, since=NOW)
+    assert wanted(status, spec(), NOW).note == "EXITED unexpectedly: killed by a signal"
