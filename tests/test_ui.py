@@ -3,8 +3,8 @@
 Headless Chromium (Debian's, from scripts/get-chromium), driven by Playwright,
 opens a test agent's UI while a real supervisord runs the programs of
 etc/supervisord.conf.sample; the test reads what the UI renders: the sample's
-services with their health, passing, and netcat critical after its process
-is killed.
+services with their health, passing, netcat critical after its process is
+killed, and a web instance in maintenance with its reason.
 
 Screenshots are saved in the test's tmp dir; with UPDATE_SCREENSHOTS=1 the
 ones the README shows are written to docs/ as well.
@@ -47,7 +47,8 @@ SERVICE_ROWS = """() => Array.from(document.querySelectorAll('.consul-service-li
 CHECKS = """() => Array.from(document.querySelectorAll('li.healthcheck-output')).map(li => ({
     name: li.querySelector('h3').textContent.trim(),
     health: li.className.replace('healthcheck-output', '').trim(),
-    output: (li.querySelector('pre') || {textContent: ''}).textContent.trim()}))"""
+    output: (li.querySelector('pre') || {textContent: ''}).textContent.trim(),
+    text: li.innerText}))"""
 
 
 @functools.lru_cache(maxsize=None)
@@ -142,10 +143,12 @@ def shown_services(page, agent: ConsulAgent) -> dict[str, tuple[str, str]]:
             for row in rows}
 
 
-def shown_checks(page, agent: ConsulAgent, service: str) -> list[dict]:
-    """The Health Checks tab of the service's (only) instance, reached by following the UI's links."""
+def shown_checks(page, agent: ConsulAgent, service: str, instance: str = "") -> list[dict]:
+    """The Health Checks tab of the service's instance whose ID ends in `instance` (or its only
+    one), reached by following the UI's links."""
     page.goto(f"http://{agent.http_addr}/ui/dc1/services/{service}/instances")
-    page.click(".consul-service-instance-list li a")
+    page.click(f".consul-service-instance-list li a:has-text('{instance}')" if instance
+               else ".consul-service-instance-list li a")
     page.wait_for_selector("li.healthcheck-output h3")
     return page.evaluate(CHECKS)
 
@@ -205,3 +208,19 @@ def test_ui_lists_the_sample_services_passing_then_critical_after_a_crash(ui_age
     wait_shown(lambda: shown_checks(page, ui_agent, "netcat"), process_check_critical,
                "netcat's supervisord check critical, with the EXITED note, on its instance page")
     screenshot(page, tmp_path, "consul-ui-critical.png", publish=True)
+
+    # Maintenance: one web instance out of service while supervisord keeps running it.
+    maint = subprocess.run([sys.executable, "-m", "supervisor_consul", "maint", "-c", str(sv.conf),
+                            "--http-addr", ui_agent.http_addr, "web:web_02", "on", "--reason", "kernel update"],
+                           capture_output=True, text=True, timeout=60)
+    assert maint.returncode == 0, maint.stdout + maint.stderr
+
+    def in_maintenance(checks: list[dict]) -> bool:
+        return any(c["name"] == "Service Maintenance Mode" and c["health"] == "critical"
+                   and "kernel update" in c["text"] for c in checks) and \
+            any(c["name"] == "supervisord process web:web_02" and c["health"] == "passing" for c in checks)
+
+    wait_shown(lambda: shown_checks(page, ui_agent, "web", "web:web_02"), in_maintenance,
+               "web:web_02 in maintenance with its reason, its process check still passing")
+    screenshot(page, tmp_path, "consul-ui-maintenance.png", publish=True)
+    assert sv.state("web:web_02") == "RUNNING"
