@@ -87,3 +87,14 @@ def test_status_command_in_step_drift_and_unreachable(consul_agent, supervisord_
 
     result = status_command(sv, f"127.0.0.1:{free_port()}")
     assert result.returncode == 2 and "unreachable" in result.stderr
+
+
+def test_an_instance_in_maintenance_is_judged_by_the_maintenance_table():
+    owned = registered(check_status="warning")
+    sid = next(iter(owned))
+    owned[sid][1].append({"CheckID": plan.maintenance_check_id(sid), "Name": "Service Maintenance Mode",
+                          "Status": "critical", "Notes": "kernel update", "Output": "", "ServiceID": sid})
+    [row] = rows([info(state="STOPPED", pid=0)], owned)
+    assert (row.maintenance, row.drift) == ("kernel update", "")  # kept registered, warning: in step
+    assert "MAINTENANCE: kernel update" in status.text([row])[0]
+    assert status.Check("Service Maintenance Mode", "critical", "kernel update") in row.checks
