@@ -6,8 +6,8 @@
     Dnsmasq(workdir, conf_text)                     dnsmasq on a free loopback port
 
 dig comes from scripts/get-dig (dig on PATH, or Debian's bind9-dnsutils fetched
-into the cache); dnsmasq from Debian's dnsmasq-base, fetched with
-scripts/get-deb with the shared libraries this machine lacks.  Every process
+into the cache); dnsmasq from PATH or Debian's dnsmasq-base, fetched with
+`scripts/get-deb --with-deps` with the packages this machine lacks for it.  Every process
 started here is stopped by its pid.
 """
 from __future__ import annotations
@@ -100,56 +100,18 @@ def _tail(path: pathlib.Path, lines: int = 30) -> str:
     except OSError:
         return "(no log)"
 
-def _soname_package(soname: str) -> str:
-    """The Debian package shipping a shared library (the naming rule, with its exceptions)."""
-    special = {"libz.so.1": "zlib1g", "libxml2.so.2": "libxml2",
-               "libcrypto.so.3": "libssl3", "libssl.so.3": "libssl3"}
-    if soname in special:
-        return special[soname]
-    m = re.fullmatch(r"(lib.+?)\.so\.(\d+)(?:\..*)?", soname)
-    if m is None:
-        raise RuntimeError(f"no Debian package known for {soname}")
-    base, version = m.group(1).replace("_", "-").lower(), m.group(2)
-    return f"{base}-{version}" if base[-1].isdigit() else f"{base}{version}"
-
-
-def _get_deb(package: str, force: bool = False) -> pathlib.Path:
-    return pathlib.Path(fetched("get-deb", *(["-f"] if force else []), "native", package))
-
-
-def _lib_dirs(root: pathlib.Path) -> list[str]:
-    return sorted({str(p.parent) for p in root.rglob("lib*.so*") if p.is_file() or p.is_symlink()})
-
-
-def _missing_sonames(binary: str, lib_path: str) -> list[str]:
-    proc = subprocess.run(["ldd", binary], check=False, capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, LD_LIBRARY_PATH=lib_path))
-    return sorted({ln.split()[0] for ln in proc.stdout.splitlines() if "=> not found" in ln})
-
 
 @functools.cache
-def dnsmasq_binary() -> tuple[str, str]:
-    """(path of Debian's dnsmasq, the LD_LIBRARY_PATH it needs here), fetched with get-deb."""
+def dnsmasq_binary() -> str:
+    """dnsmasq on PATH (or in /usr/sbin, /sbin), else Debian's dnsmasq-base with the packages this
+    machine lacks for it, fetched with `get-deb --with-deps` (its bin/dnsmasq wrapper finds them)."""
     import shutil
     found = shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin:/sbin")
     if found:
-        return found, ""
-    binary = str(_get_deb("dnsmasq-base") / "usr" / "sbin" / "dnsmasq")
-    dirs: list[str] = []
-    fetched: dict[str, bool] = {}  # package -> fetched again with -f
-    for _ in range(10):
-        missing = _missing_sonames(binary, os.pathsep.join(dirs))
-        if not missing:
-            break
-        for package, soname in {_soname_package(soname): soname for soname in missing}.items():
-            if fetched.get(package):
-                raise RuntimeError(f"dnsmasq still lacks {soname} after fetching {package} again")
-            root = _get_deb(package, force=package in fetched)
-            fetched[package] = package in fetched
-            dirs.extend(d for d in _lib_dirs(root) if d not in dirs)
-    else:
-        raise RuntimeError(f"dnsmasq lacks {missing}")
-    return binary, os.pathsep.join(dirs)
+        return found
+    unpacked = fetched("get-deb", "--with-deps", "--wrap", "dnsmasq=usr/sbin/dnsmasq",
+                       "native", "dnsmasq", "dnsmasq-base")
+    return os.path.join(unpacked, "bin", "dnsmasq")
 
 
 class Dnsmasq:
@@ -173,7 +135,7 @@ class Dnsmasq:
 
     def command(self) -> list[str]:
         import pwd
-        binary, _ = dnsmasq_binary()
+        binary = dnsmasq_binary()
         user = pwd.getpwuid(os.geteuid()).pw_name
         return [binary, "--keep-in-foreground", "--log-facility=-", "--log-queries",
                 f"--port={self.port}", f"--listen-address={LOOPBACK}", "--bind-interfaces",
@@ -181,13 +143,8 @@ class Dnsmasq:
                 *([f"--user={user}"] if os.geteuid() == 0 else [])]
 
     def start(self) -> None:
-        _, lib_path = dnsmasq_binary()
-        env = dict(os.environ)
-        if lib_path:
-            env["LD_LIBRARY_PATH"] = lib_path + (os.pathsep + env["LD_LIBRARY_PATH"]
-                                                 if env.get("LD_LIBRARY_PATH") else "")
         self._log = open(self.log_path, "ab")
-        self._proc = subprocess.Popen(self.command(), env=env, stdin=subprocess.DEVNULL,
+        self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                       stdout=self._log, stderr=subprocess.STDOUT, cwd=str(self.workdir))
         try:
             # Any reply at all (REFUSED for a name it has no server for) means it is listening.

@@ -59,11 +59,11 @@ def chromium_binary() -> str:
 
 @functools.lru_cache(maxsize=None)
 def driver_library_dir() -> str | None:
-    """A directory to put on LD_LIBRARY_PATH for Playwright's driver, or None if it needs none.
+    """Directories to put on LD_LIBRARY_PATH for Playwright's driver, or None if it needs none.
 
     The driver is a node binary bundled with Playwright; it links libatomic.so.1, which a minimal
-    Debian lacks. That library (Debian's libatomic1) is then fetched like consul and nc are, with
-    scripts/get-deb: unpacked into the cache, no system change."""
+    Debian lacks. That library (Debian's libatomic1) is then fetched like nc and dig are, with
+    `scripts/get-deb --with-deps`: unpacked into the cache, no system change."""
     if os.environ.get("PLAYWRIGHT_NODEJS_PATH"):
         return None
     node = pathlib.Path(sync_api.__file__).resolve().parent.parent / "driver" / "node"
@@ -73,11 +73,8 @@ def driver_library_dir() -> str | None:
         return None
     if missing != ["libatomic.so.1"]:
         raise RuntimeError(f"Playwright's driver {node} lacks {', '.join(missing)}")
-    unpacked = fetched("get-deb", "native", "libatomic1")
-    found = sorted(pathlib.Path(unpacked).glob("**/libatomic.so.1"))
-    if not found:
-        raise RuntimeError(f"no libatomic.so.1 in {unpacked}")
-    return str(found[0].parent)
+    unpacked = pathlib.Path(fetched("get-deb", "--with-deps", "native", "libatomic", "libatomic1"))
+    return os.pathsep.join(str(unpacked / d) for d in (unpacked / "libdirs").read_text().split())
 
 
 def sample_config(agent: ConsulAgent, netcat_port: int, web_prefix: str) -> str:
