@@ -178,3 +178,17 @@ def test_supervisorctl_plugin_names_a_bad_setting(consul_agent, supervisord_fact
     result = sv.ctl("consul", "status")
     assert result.returncode == 2
     assert "[ctlplugin:consul] http_adr: not a setting of the plugin" in result.stdout
+
+
+def test_a_changed_definition_drops_our_stale_check_and_keeps_the_maintenance(consul_agent, supervisord_factory):
+    sv, name = start_sleeper(consul_agent, supervisord_factory, "sleeper", "check=tcp://127.0.0.1:1\ninterval=1s")
+    [sid] = [s["ID"] for s in consul_agent.services().values() if s["Service"] == name]
+    assert maint(sv, consul_agent, "sleeper", "on", "--reason", "re-cabling").returncode == 0
+    assert set(consul_agent.checks()) >= {f"{sid}:process", f"{sid}:tcp", plan.maintenance_check_id(sid)}
+
+    # The tcp check leaves the section; a SIGHUP has the listener read it again.
+    sv.conf.write_text(sv.conf.read_text().replace("check=tcp://127.0.0.1:1\ninterval=1s\n", ""))
+    assert sv.ctl("signal", "HUP", "consul").returncode == 0
+    wait_for(lambda: {c for c, check in consul_agent.checks().items() if check["ServiceID"] == sid}
+             == {f"{sid}:process", plan.maintenance_check_id(sid)}, message="tcp check gone, maintenance kept")
+    assert maintenance_reason(consul_agent, name) == ["re-cabling"]
