@@ -31,7 +31,8 @@ USAGE = ("consul status [--json]                     each process with a [consul
          "Consul shows\n"
          "consul maint NAME [NAME ...] on|off [--reason TEXT]\n"
          "                                           Consul's maintenance mode for those processes' "
-         "instances")
+         "instances;\n"
+         "                                           --reason last: the rest of the line is the reason")
 
 
 class _Usage(Exception):
@@ -91,7 +92,7 @@ class ConsulControllerPlugin(ControllerPluginBase):
 
     def do_consul(self, arg: str) -> None:
         try:
-            args = _parser().parse_args(shlex.split(arg))
+            args = _parser().parse_args(_words(arg))
         except (_Usage, ValueError) as exc:
             self._say([f"consul: {exc}".rstrip(), USAGE], 2)
             return
@@ -128,6 +129,22 @@ class ConsulControllerPlugin(ControllerPluginBase):
 
     def help_consul(self) -> None:
         self.ctl.output(USAGE)
+
+
+def _words(arg: str) -> list[str]:
+    """The command's words.  `supervisorctl consul maint web on --reason "kernel update"`
+    reaches the plugin as one line with the shell's quotes gone (supervisorctl joins
+    its arguments with spaces), so everything after --reason is the reason, taken
+    as typed unless it is one quoted string."""
+    head, found, tail = arg.partition("--reason")
+    words = shlex.split(head)
+    if not found:
+        return words
+    try:
+        quoted = shlex.split(tail)
+    except ValueError:  # an apostrophe in the reason: "don't"
+        quoted = []
+    return [*words, "--reason", quoted[0] if len(quoted) == 1 else tail.strip()]
 
 
 def make_consul_controllerplugin(controller: Any, **settings: str) -> ConsulControllerPlugin:

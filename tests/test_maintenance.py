@@ -155,7 +155,8 @@ def test_supervisorctl_consul_status_and_maint(consul_agent, supervisord_factory
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sleeper" in result.stdout and name in result.stdout and "passing" in result.stdout
 
-    result = sv.ctl("consul", "maint", "sleeper", "on", "--reason", "'kernel update'")
+    # As typed in a shell: supervisorctl joins its arguments with spaces, the quotes are gone.
+    result = sv.ctl("consul", "maint", "sleeper", "on", "--reason", "kernel update")
     assert result.returncode == 0, result.stdout
     assert maintenance_reason(consul_agent, name) == ["kernel update"]
     [row] = json.loads(sv.ctl("consul", "status", "--json").stdout)
@@ -192,3 +193,11 @@ def test_a_changed_definition_drops_our_stale_check_and_keeps_the_maintenance(co
     wait_for(lambda: {c for c, check in consul_agent.checks().items() if check["ServiceID"] == sid}
              == {f"{sid}:process", plan.maintenance_check_id(sid)}, message="tcp check gone, maintenance kept")
     assert maintenance_reason(consul_agent, name) == ["re-cabling"]
+
+
+def test_the_reason_is_the_rest_of_the_supervisorctl_line():
+    from supervisor_consul.ctlplugin import _words
+    assert _words("maint web on --reason kernel update") == ["maint", "web", "on", "--reason", "kernel update"]
+    assert _words("maint web on --reason 'kernel update'") == ["maint", "web", "on", "--reason", "kernel update"]
+    assert _words("maint web on --reason don't touch") == ["maint", "web", "on", "--reason", "don't touch"]
+    assert _words("status --json") == ["status", "--json"]
