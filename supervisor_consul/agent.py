@@ -85,9 +85,9 @@ class Agent:
 
     def maintenance(self, service_id: str, enable: bool, reason: str = "", service: str = "") -> None:
         """Consul's maintenance mode for one instance, as `consul maint -service` sets it."""
-        self._write(f"PUT /v1/agent/service/maintenance/{service_id}?enable={str(enable).lower()}",
-                    self.client.agent.service.maintenance, service_id, str(enable).lower(), reason or None,
-                    service=service)
+        flag = "true" if enable else "false"
+        self._write(f"PUT /v1/agent/service/maintenance/{service_id}?enable={flag}",
+                    self.client.agent.service.maintenance, service_id, flag, reason or None, service=service)
 
     def owned(self, owner: str) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
         """Our instances on this agent as the agent describes them: service ID ->

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import logging
 import os
 import platform
@@ -133,8 +132,7 @@ def run_maint(args: argparse.Namespace) -> int:
     taken = _snapshot(args)
     if isinstance(taken, int):
         return taken
-    reason = args.reason or maintenance.default_reason(getpass.getuser(), taken.host, time.time())
-    lines, code = maintenance.turn(taken, args.names, args.state == "on", reason)
+    lines, code = maintenance.turn(taken, args.names, args.state == "on", args.reason)
     print("\n".join(lines))
     return code
 

@@ -15,7 +15,6 @@ over its own connection (-s, -u, -p), so the plugin does too.
 from __future__ import annotations
 
 import argparse
-import getpass
 import shlex
 import time
 import xmlrpc.client
@@ -102,8 +101,7 @@ class ConsulControllerPlugin(ControllerPluginBase):
         if args.command == "status":
             lines, code = status.report(taken, args.json, time.time())
         else:
-            reason = args.reason or maintenance.default_reason(getpass.getuser(), taken.host, time.time())
-            lines, code = maintenance.turn(taken, args.names, args.state == "on", reason)
+            lines, code = maintenance.turn(taken, args.names, args.state == "on", args.reason)
         self._say(lines, code)
 
     def _snapshot(self) -> snapshot.Snapshot | None:

@@ -10,6 +10,7 @@ supervisord stops, restarts or reloads it, until maintenance is turned off.
 
 from __future__ import annotations
 
+import getpass
 import time
 from collections.abc import Sequence
 
@@ -43,12 +44,13 @@ def default_reason(user: str, host: str, now: float) -> str:
     return f"supervisor-consul maint by {user}@{host} at {when}"
 
 
-def turn(snapshot: Snapshot, names: Sequence[str], enable: bool, reason: str) -> tuple[list[str], int]:
-    """Put the instances NAMES mean into maintenance (or out of it), then ask the
-    listener to reconcile, so that a stopped program leaves Consul at once when
+def turn(snapshot: Snapshot, names: Sequence[str], enable: bool, reason: str | None) -> tuple[list[str], int]:
+    """Put the instances NAMES mean into maintenance (or out of it), with REASON or
+    else default_reason(), then ask the listener to reconcile, so that a stopped program leaves Consul at once when
     its maintenance ends.  The lines to print, and the exit status: 0 done, 1
     when a name means nothing or a process has no instance to put into
     maintenance, 2 when the agent refused."""
+    reason = reason or default_reason(getpass.getuser(), snapshot.host, time.time())
     specs, unknown = select(snapshot.configuration.services, names)
     lines = [f"{name}: no process with a [consul:*] section has that name" for name in unknown]
     code = 1 if unknown else 0
