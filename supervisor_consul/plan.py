@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import health
 from .config import ServiceSpec
-from .health import CRITICAL, KEEP, Health, Wanted
+from .health import CRITICAL, KEEP, Health, ProcessStatus, Wanted
 
 ID_PREFIX = "supervisord"
 OWNER_META = "supervisor-consul-owner"
@@ -125,6 +126,13 @@ class Desired:
     wanted: Wanted
     maintained: Wanted = KEEP  # what to show instead while the instance is in maintenance
 
+    @classmethod
+    def of(cls, registration: Registration, status: ProcessStatus, spec: ServiceSpec, now: float) -> Desired:
+        return cls(registration, health.wanted(status, spec, now), health.in_maintenance(status, spec))
+
+    def shown(self, in_maintenance: bool) -> Wanted:
+        return self.maintained if in_maintenance else self.wanted
+
 
 @dataclass(frozen=True)
 class Actual:
@@ -189,7 +197,7 @@ def plan(desired: dict[str, Desired], actual: dict[str, Actual], now: float, com
     operations: list[Operation] = []
     for sid, want in desired.items():
         have = actual.get(sid)
-        wanted = want.maintained if have is not None and have.maintenance is not None else want.wanted
+        wanted = want.shown(have is not None and have.maintenance is not None)
         if wanted is KEEP:
             if have is not None and have.status is not None and want.registration.ttl_check_id:
                 kept = Health(have.status, have.output or "")

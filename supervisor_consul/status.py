@@ -51,9 +51,8 @@ def instances(services: dict[str, ServiceSpec], infos: list[dict[str, Any]],
             continue
         registration = plan.registration(spec, owner, host)
         have = left.pop(registration.service_id, None)
-        process = health.from_info(None, info, spec)
         maintained = have is not None and plan.maintenance_reason(registration.service_id, have[1]) is not None
-        want = health.in_maintenance(process, spec) if maintained else health.wanted(process, spec, now)
+        want = plan.Desired.of(registration, health.from_info(None, info, spec), spec, now).shown(maintained)
         rows.append(_row(namespec, info["statename"], registration, have, _drift(registration, have, want)))
     for sid, (service, checks) in sorted(left.items()):
         rows.append(Instance("-", "-", service.get("Service", ""), sid, _address(service),

@@ -316,8 +316,7 @@ class Sync:
             registration = self.registrations.get(namespec)
             spec: ServiceSpec | None = self.configuration.services.get(namespec)
             if registration is not None and spec is not None:
-                result[registration.service_id] = Desired(registration, health.wanted(status, spec, now),
-                                                          health.in_maintenance(status, spec))
+                result[registration.service_id] = Desired.of(registration, status, spec, now)
         return result
 
     # -- converging ------------------------------------------------------------

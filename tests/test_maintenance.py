@@ -54,8 +54,7 @@ def desired_and_actual(state: str, maintenance_reason: str | None):
     db = spec("db")
     registration = plan.registration(db, OWNER, HOST)
     status = ProcessStatus(state, since=NOW)
-    desired = {registration.service_id: plan.Desired(registration, health.wanted(status, db, NOW),
-                                                     health.in_maintenance(status, db))}
+    desired = {registration.service_id: plan.Desired.of(registration, status, db, NOW)}
     ids = registration.check_ids | {plan.maintenance_check_id(registration.service_id)}
     actual = {registration.service_id: plan.Actual(registration.service_id, registration.fingerprint, ids,
                                                    "passing", "RUNNING pid 7", NOW, maintenance_reason)}
