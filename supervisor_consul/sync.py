@@ -174,7 +174,7 @@ class Sync:
             # While the agent is down the backoff decides when to try again.
             self._reconcile_at = self._monotonic()
         reconciled = self._monotonic() >= self._reconcile_at and self.reconcile()
-        applied = self.converge()
+        applied = self.converge(fresh=reconciled)
         if reconciled:
             log.debug("reconcile done: %d instances owned in the agent, %d operations applied",
                       len(self.actual or {}), applied)
@@ -352,15 +352,16 @@ class Sync:
             return replace(have, updated_at=known.updated_at)
         return have
 
-    def converge(self) -> int:
-        """Apply the plan from desired to actual; how many operations succeeded."""
+    def converge(self, fresh: bool = False) -> int:
+        """Apply the plan from desired to actual; how many operations succeeded.
+        `fresh`: actual was read from the agent this very round."""
         if self.actual is None or self.configuration is None:
             return 0
         now = self._monotonic()
         applied = 0
         desired = self.desired()
         operations = plan.plan(desired, self.actual, now, self.complete)
-        if any(isinstance(op, Deregister) and op.service_id in desired for op in operations):
+        if not fresh and any(isinstance(op, Deregister) and op.service_id in desired for op in operations):
             # Compare first: an operator may just have put it into maintenance, which
             # only the agent knows, and deregistering would end that maintenance.
             if not self._read_maintenance():

@@ -547,3 +547,16 @@ def test_maintenance_set_behind_its_back_is_read_before_deregistering(world):
     world.agent.services[sid("web")] = replace(world.agent.services[sid("web")], maintenance=None)
     world.round()
     assert world.take_writes() == [("deregister", sid("web"))]
+
+
+def test_a_round_that_reconciled_does_not_read_maintenance_again(world):
+    world.round()
+    world.take_writes()
+    world.supervisor.set("web", "STOPPED")
+    reads = world.agent.reads
+    world.sync.inbox = inbox = Inbox()
+    inbox.request_reconcile()
+    inbox.close()
+    world.sync.run()
+    assert world.take_writes() == [("deregister", sid("web"))]
+    assert world.agent.reads == reads + 1  # the reconcile's own read, which saw any maintenance
