@@ -16,7 +16,7 @@ import socket
 import subprocess
 import time
 
-from tests.harness import ConsulAgent, _handed_out_ports, _tail
+from tests.harness import ConsulAgent, _handed_out_ports, _tail, bindable
 
 SERVERS = {"server-1": "127.0.0.11", "server-2": "127.0.0.12", "server-3": "127.0.0.13"}
 CLIENTS = {"host-a": "127.0.0.21", "host-b": "127.0.0.22"}
@@ -35,21 +35,6 @@ class Ports:
     server: int = 8300
     http: int = 8500
     dns: int = 8600
-
-
-def bindable(address: str, port: int) -> bool:
-    """True if port is free on address for both TCP and UDP.  TCP with SO_REUSEADDR,
-    as Consul (Go) binds it: connections in TIME_WAIT from a cluster just stopped
-    do not keep the next one from starting."""
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            if kind == socket.SOCK_STREAM:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((address, port))
-            except OSError:
-                return False
-    return True
 
 
 def free_port_run(addresses: list[str], count: int) -> int:

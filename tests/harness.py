@@ -29,21 +29,30 @@ _handed_out_ports: set[int] = set()
 
 # ---------------------------------------------------------------- utilities
 
+def bindable(address: str, port: int) -> bool:
+    """True if port is free on address for both TCP and UDP.  TCP with SO_REUSEADDR,
+    as Consul (Go) binds it: connections in TIME_WAIT from an agent just stopped
+    do not keep the next one from starting."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            if kind == socket.SOCK_STREAM:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((address, port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 for both TCP and UDP (not handed out before)."""
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((LOOPBACK, 0))
             port = s.getsockname()[1]
-            if port in _handed_out_ports:
-                continue
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                    u.bind((LOOPBACK, port))
-            except OSError:
-                continue
-        _handed_out_ports.add(port)
-        return port
+        if port not in _handed_out_ports and bindable(LOOPBACK, port):
+            _handed_out_ports.add(port)
+            return port
     raise RuntimeError("could not find a free loopback port")
 
 
@@ -52,18 +61,10 @@ def free_port_prefix(count: int, digits: int = 1) -> str:
     port=P%(process_num)d; with digits=2, P01.., for %(process_num)02d).  All
     below the usual ephemeral range (32768-60999), so no outgoing connection
     takes one meanwhile."""
-    def free(port: int) -> bool:
-        with socket.socket() as s:
-            try:
-                s.bind((LOOPBACK, port))
-            except OSError:
-                return False
-        return True
-
     scale = 10 ** digits
     for _ in range(200):
         prefix = random.randint(10_000 // scale, 32_767 // scale - 1)
-        if all(free(prefix * scale + n) for n in range(1, count + 1)):
+        if all(bindable(LOOPBACK, prefix * scale + n) for n in range(1, count + 1)):
             return str(prefix)
     raise RuntimeError("no free port prefix")
 
