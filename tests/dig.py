@@ -16,11 +16,9 @@ import functools
 import os
 import pathlib
 import re
-import signal
 import subprocess
-import time
 
-from tests.harness import LOOPBACK, fetched, free_port
+from tests.harness import LOOPBACK, _tail, _terminate, _wait_started, fetched, free_port
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -94,13 +92,6 @@ def srv_ports(records: list[str]) -> list[int]:
 
 # ------------------------------------------------------------------ dnsmasq
 
-def _tail(path: pathlib.Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 @functools.cache
 def dnsmasq_binary() -> str:
     """dnsmasq on PATH (or in /usr/sbin, /sbin), else Debian's dnsmasq-base with the packages this
@@ -148,18 +139,9 @@ class Dnsmasq:
                                       stdout=self._log, stderr=subprocess.STDOUT, cwd=str(self.workdir))
         try:
             # Any reply at all (REFUSED for a name it has no server for) means it is listening.
-            deadline = time.monotonic() + 20
-            while True:
-                if self._proc.poll() is not None:
-                    raise RuntimeError(f"dnsmasq exited early (rc={self._proc.returncode}); "
-                                       f"log tail:\n{_tail(self.log_path)}")
-                try:
-                    dig_text(LOOPBACK, self.port, "ready.invalid", "A", "+time=1", "+tries=1")
-                    break
-                except DigError as exc:
-                    if time.monotonic() >= deadline:
-                        raise RuntimeError(f"dnsmasq not answering after 20s ({exc}); "
-                                           f"log tail:\n{_tail(self.log_path)}") from None
+            _wait_started(self._proc, lambda: dig_text(LOOPBACK, self.port, "ready.invalid", "A", "+time=1",
+                                                       "+tries=1"),
+                          20, "dnsmasq", lambda: f"log tail:\n{_tail(self.log_path)}")
         except BaseException:
             self.stop()
             raise
@@ -169,13 +151,8 @@ class Dnsmasq:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        if proc is not None:
+            _terminate(proc, 10)
         if self._log is not None:
             self._log.close()
             self._log = None
