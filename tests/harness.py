@@ -105,6 +105,12 @@ def fetched(script: str, *args: str) -> str:
     return lines[-1].strip()
 
 
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `supervisor-consul ARGS...` (this checkout's, with this Python) to its end."""
+    return subprocess.run([sys.executable, "-m", "supervisor_consul", *args], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL, env=env)
+
+
 @functools.lru_cache(maxsize=None)
 def consul_binary() -> str:
     return fetched("get-consul")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from supervisor_consul import cli, config
-from tests.harness import wait_for
+from tests.harness import run_cli, wait_for
 from tests.test_integration import listener, listener_log, unique, wait_passing
 
 PURE = settings(max_examples=200, deadline=None, database=None, derandomize=True,
@@ -307,8 +305,7 @@ def test_invalid_sections_under_real_supervisord(consul_agent, supervisord_facto
     assert owned == {"good", "goodhttp"}
     assert all(sv.state(program) == "RUNNING" for program in INVALID)
     assert sv.state("consul") == "RUNNING"
-    check = subprocess.run([sys.executable, "-m", "supervisor_consul", "check", "-c", str(sv.conf)],
-                           capture_output=True, text=True, timeout=60)
+    check = run_cli("check", "-c", str(sv.conf))
     assert check.returncode == 1
     assert sorted(check.stdout.splitlines()) == sorted(str(p) for p in problems)
     converged(took, f"{len(problems)} problems in {len(INVALID)} sections named; only the 2 valid programs "

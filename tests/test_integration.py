@@ -7,7 +7,7 @@ import signal
 import sys
 import uuid
 
-from tests.harness import ConsulAgent, free_port, free_port_prefix, wait_for
+from tests.harness import ConsulAgent, free_port, free_port_prefix, run_cli, wait_for
 
 
 def listener(agent: ConsulAgent, buffer_size: int = 10) -> str:
@@ -255,12 +255,10 @@ def test_listener_finds_the_configuration_supervisord_runs_with(consul_agent, su
 
 
 def test_check_command_exit_codes(tmp_path):
-    import subprocess
     good, bad = tmp_path / "good.conf", tmp_path / "bad.conf"
     good.write_text("[supervisord]\n[program:a]\ncommand=sleep 1\n[consul:a]\nport=80\n")
     bad.write_text("[supervisord]\n[program:a]\ncommand=sleep 1\n[consul:a]\nport=80x\ncolour=red\n")
-    run = lambda path: subprocess.run([sys.executable, "-m", "supervisor_consul", "check", "-c", str(path)],
-                                      capture_output=True, text=True, timeout=60)
+    run = lambda path: run_cli("check", "-c", str(path))
     ok = run(good)
     assert ok.returncode == 0 and "OK" in ok.stdout
     failed = run(bad)

@@ -11,7 +11,7 @@ import sys
 from supervisor_consul import health, maintenance, plan
 from supervisor_consul.config import ServiceSpec, runs_listener
 from supervisor_consul.health import KEEP, WARNING, Health, ProcessStatus
-from tests.harness import wait_for
+from tests.harness import run_cli, wait_for
 from tests.test_integration import listener, process_check, start_sleeper, status_of, unique
 
 OWNER, HOST, NOW = "0123456789ab", "node1", 1_800_000_000.0
@@ -96,8 +96,7 @@ http_addr = {addr}
 
 
 def maint(sv, agent, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "supervisor_consul", "maint", "-c", str(sv.conf),
-                           "--http-addr", agent.http_addr, *args], capture_output=True, text=True, timeout=60)
+    return run_cli("maint", "-c", str(sv.conf), "--http-addr", agent.http_addr, *args)
 
 
 def maintenance_reason(agent, name: str) -> list[str | None]:

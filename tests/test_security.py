@@ -7,13 +7,12 @@ import os
 import pathlib
 import shutil
 import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from tests.harness import wait_for
+from tests.harness import run_cli, wait_for
 from tests.secure_agent import CountingProxy, SecureAgent, TestCA
 from tests.test_integration import listener, listener_log, status_of, unique, wait_passing
 
@@ -226,9 +225,7 @@ def test_cli_output_never_shows_the_token(tmp_path, converged):
     ]
     for args, status, expected in runs:
         # The token is in the environment too, where a careless message might pick it up.
-        run = subprocess.run([sys.executable, "-m", "supervisor_consul", *args], capture_output=True, text=True,
-                             timeout=60, stdin=subprocess.DEVNULL,
-                             env={**os.environ, **environment(CONSUL_HTTP_TOKEN=secret)})
+        run = run_cli(*args, env={**os.environ, **environment(CONSUL_HTTP_TOKEN=secret)})
         output = run.stdout + run.stderr
         assert (run.returncode, expected in output) == (status, True), (args, output)
         assert secret not in output, args
@@ -378,10 +375,9 @@ def test_tls_client_certificate_missing_or_from_another_ca(secure_agent, supervi
     assert status_of(agent, missing) == [] and status_of(agent, stranger) == []
     assert agent.requests_served(LISTENER_REQUESTS) == []
     # A certificate and key that cannot be loaded stop the listener at start, with one line.
-    run = subprocess.run([sys.executable, "-m", "supervisor_consul", "listen", "-c", str(missing_sv.conf),
-                          *https.split(), "--client-cert", str(pki.client.key), "--client-key",
-                          str(pki.client.cert)], capture_output=True, text=True, timeout=60,
-                         stdin=subprocess.DEVNULL, env={**os.environ, **environment()})
+    run = run_cli("listen", "-c", str(missing_sv.conf), *https.split(), "--client-cert",
+                            str(pki.client.key), "--client-key", str(pki.client.cert),
+                            env={**os.environ, **environment()})
     assert run.returncode == 2 and len(run.stderr.splitlines()) == 1
     assert "--client-cert/--client-key (CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY)" in run.stderr
     converged(None, "no certificate, a stranger's, an unloadable one: each named")

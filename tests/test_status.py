@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 from supervisor_consul import plan, status
 from supervisor_consul.config import ServiceSpec
-from tests.harness import free_port
+from tests.harness import free_port, run_cli
 from tests.test_integration import start_sleeper
 
 OWNER, HOST, NOW = "0123456789ab", "node1", 1_800_000_000.0
@@ -67,8 +66,7 @@ def test_text_marks_drift():
 
 
 def status_command(sv, agent, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "supervisor_consul", "status", "-c", str(sv.conf),
-                           "--http-addr", agent, *extra], capture_output=True, text=True, timeout=60)
+    return run_cli("status", "-c", str(sv.conf), "--http-addr", agent, *extra)
 
 
 def test_status_command_in_step_drift_and_unreachable(consul_agent, supervisord_factory):

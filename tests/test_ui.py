@@ -24,7 +24,7 @@ from typing import Callable, TypeVar
 
 import pytest
 
-from tests.harness import REPO_ROOT, ConsulAgent, fetched, free_port, free_port_prefix, wait_for
+from tests.harness import REPO_ROOT, ConsulAgent, fetched, free_port, free_port_prefix, run_cli, wait_for
 
 from playwright import sync_api  # noqa: E402  (setup.cfg's test extra; never `playwright install`)
 
@@ -207,9 +207,8 @@ def test_ui_lists_the_sample_services_passing_then_critical_after_a_crash(ui_age
     screenshot(page, tmp_path, "consul-ui-critical.png", publish=True)
 
     # Maintenance: one web instance out of service while supervisord keeps running it.
-    maint = subprocess.run([sys.executable, "-m", "supervisor_consul", "maint", "-c", str(sv.conf),
-                            "--http-addr", ui_agent.http_addr, "web:web_02", "on", "--reason", "kernel update"],
-                           capture_output=True, text=True, timeout=60)
+    maint = run_cli("maint", "-c", str(sv.conf), "--http-addr", ui_agent.http_addr, "web:web_02", "on",
+                              "--reason", "kernel update")
     assert maint.returncode == 0, maint.stdout + maint.stderr
 
     def in_maintenance(checks: list[dict]) -> bool:
