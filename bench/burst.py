@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import re
-import sys
 import tempfile
 import threading
 import time
@@ -20,7 +19,7 @@ import requests
 
 from bench import requestlog
 from bench.report import Row
-from tests.harness import ConsulAgent, Supervisord, wait_for
+from tests.harness import ConsulAgent, Supervisord, listener, wait_for
 
 SIZES = (100, 300, 1000)
 QUICK_SIZES = (20,)
@@ -41,16 +40,7 @@ redirect_stderr=true
 stdout_logfile=NONE
 [consul:burst]
 name=burst
-
-[eventlistener:consul]
-command={sys.executable} -m supervisor_consul listen -c %(here)s/supervisord.conf --http-addr {agent.http_addr}
-events=PROCESS_STATE,PROCESS_GROUP,TICK_5
-buffer_size=10
-priority=-2
-autorestart=true
-stdout_logfile=NONE
-stderr_logfile=%(here)s/listener.log
-"""
+""" + listener(agent, log_level="info")
 
 
 def _passing(session: requests.Session, agent: ConsulAgent) -> int:

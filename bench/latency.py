@@ -60,7 +60,7 @@ import requests
 from bench.report import Row
 from supervisor_consul import plan
 from supervisor_consul.config import ServiceSpec
-from tests.harness import ConsulAgent, Supervisord, wait_for
+from tests.harness import ConsulAgent, Supervisord, listener, wait_for
 
 TARGET = "median <= 10 ms, p99 <= 50 ms"
 PROGRAM = "sleeper"
@@ -83,17 +83,8 @@ WITHOUT_WAKE = ('-c "import sys, supervisor_consul.sync as s, supervisor_consul.
 
 
 def stanza(agent: ConsulAgent, priority: int, wake: bool = True) -> str:
-    listen = "-m supervisor_consul" if wake else WITHOUT_WAKE
-    return f"""
-[eventlistener:consul]
-command={sys.executable} {listen} listen -c %(here)s/supervisord.conf --http-addr {agent.http_addr}
-events=PROCESS_STATE,PROCESS_GROUP,TICK_5
-buffer_size=100
-priority={priority}
-autorestart=true
-stdout_logfile=NONE
-stderr_logfile=%(here)s/listener.log
-"""
+    return listener(agent, buffer_size=100, priority=priority, log_level="info",
+                    module="-m supervisor_consul" if wake else WITHOUT_WAKE)
 
 
 def program(name: str) -> str:

@@ -105,6 +105,23 @@ def fetched(script: str, *args: str) -> str:
     return lines[-1].strip()
 
 
+def listener(agent: "ConsulAgent", buffer_size: int = 10, priority: int = -2, log_level: str = "debug",
+             module: str = "-m supervisor_consul") -> str:
+    """The [eventlistener:consul] stanza the issue asks to work (the README's), with
+    supervisord's default buffer, the listener's log in %(here)s/listener.log.
+    `module`: how this Python runs the listener (a benchmark swaps in a variant)."""
+    return f"""
+[eventlistener:consul]
+command={sys.executable} {module} listen -c %(here)s/supervisord.conf --http-addr {agent.http_addr} --log-level {log_level}
+events=PROCESS_STATE,PROCESS_GROUP,TICK_5
+buffer_size={buffer_size}
+priority={priority}
+autorestart=true
+stdout_logfile=NONE
+stderr_logfile=%(here)s/listener.log
+"""
+
+
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `supervisor-consul ARGS...` (this checkout's, with this Python) to its end."""
     return subprocess.run([sys.executable, "-m", "supervisor_consul", *args], capture_output=True, text=True,

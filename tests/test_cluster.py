@@ -13,8 +13,7 @@ import time
 import pytest
 
 from tests.cluster import CLIENTS, Cluster, ClusterAgent, free_port_run
-from tests.harness import Supervisord, wait_for
-from tests.test_integration import listener
+from tests.harness import Supervisord, listener, wait_for
 
 SERVICE = "web"
 TTL = 5  # seconds; [consul:web] ttl

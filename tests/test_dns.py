@@ -7,8 +7,7 @@ import urllib.request
 import uuid
 
 from tests.dig import Dnsmasq, dig, srv_ports
-from tests.harness import LOOPBACK, ConsulAgent, free_port_prefix, wait_for
-from tests.test_integration import listener
+from tests.harness import LOOPBACK, ConsulAgent, free_port_prefix, listener, wait_for
 
 
 def node_target(agent: ConsulAgent) -> str:

@@ -17,8 +17,8 @@ import xmlrpc.client
 import pytest
 
 from tests.faults import answer_times, converge, drift, listener_pid, overflows, owner_of, rss_and_fds, sigkill
-from tests.harness import ConsulAgent, parent_pid, wait_for
-from tests.test_integration import listener, listener_log, unique
+from tests.harness import ConsulAgent, listener, parent_pid, wait_for
+from tests.test_integration import listener_log, unique
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from supervisor_consul import cli, config
-from tests.harness import run_cli, wait_for
-from tests.test_integration import listener, listener_log, unique, wait_passing
+from tests.harness import listener, run_cli, wait_for
+from tests.test_integration import listener_log, unique, wait_passing
 
 PURE = settings(max_examples=200, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])

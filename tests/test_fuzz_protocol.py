@@ -51,8 +51,8 @@ from supervisor_consul.events import GroupsChanged, ProcessStateChange, Supervis
 from supervisor_consul.listener import Listener
 from supervisor_consul.protocol import MalformedHeader, OversizedEvent, parse_header, read_event
 from supervisor_consul.sync import Inbox
-from tests.harness import free_port, wait_for
-from tests.test_integration import instances, listener, listener_log, status_of, unique, wait_passing
+from tests.harness import free_port, listener, wait_for
+from tests.test_integration import instances, listener_log, status_of, unique, wait_passing
 
 # Reproducible in CI: no example database, the same examples on every run.
 PURE = settings(max_examples=200, deadline=None, database=None, derandomize=True,

@@ -7,21 +7,7 @@ import signal
 import sys
 import uuid
 
-from tests.harness import ConsulAgent, free_port, free_port_prefix, run_cli, wait_for
-
-
-def listener(agent: ConsulAgent, buffer_size: int = 10) -> str:
-    """The [eventlistener:consul] stanza the issue asks to work, with the default buffer."""
-    return f"""
-[eventlistener:consul]
-command={sys.executable} -m supervisor_consul listen -c %(here)s/supervisord.conf --http-addr {agent.http_addr} --log-level debug
-events=PROCESS_STATE,PROCESS_GROUP,TICK_5
-buffer_size={buffer_size}
-priority=-2
-autorestart=true
-stdout_logfile=NONE
-stderr_logfile=%(here)s/listener.log
-"""
+from tests.harness import ConsulAgent, free_port, free_port_prefix, listener, run_cli, wait_for
 
 
 def unique(prefix: str) -> str:

@@ -11,8 +11,8 @@ import sys
 from supervisor_consul import health, maintenance, plan
 from supervisor_consul.config import ServiceSpec, runs_listener
 from supervisor_consul.health import KEEP, WARNING, Health, ProcessStatus
-from tests.harness import run_cli, wait_for
-from tests.test_integration import listener, process_check, start_sleeper, status_of, unique
+from tests.harness import listener, run_cli, wait_for
+from tests.test_integration import process_check, start_sleeper, status_of, unique
 
 OWNER, HOST, NOW = "0123456789ab", "node1", 1_800_000_000.0
 

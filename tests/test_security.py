@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.harness import run_cli, wait_for
+from tests.harness import listener, run_cli, wait_for
 from tests.secure_agent import CountingProxy, SecureAgent, TestCA
-from tests.test_integration import listener, listener_log, status_of, unique, wait_passing
+from tests.test_integration import listener_log, status_of, unique, wait_passing
 
 CONSUL_VARIABLES = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY", "CONSUL_HTTP_TOKEN",
                     "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT", "CONSUL_CAPATH", "CONSUL_CLIENT_CERT",
