@@ -9,6 +9,7 @@ and value; a program with a problem is left out, every other one is kept.
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import getopt
 import os
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import supervisor.options as supervisor_options
-from supervisor.datatypes import dict_of_key_value_pairs
+from supervisor.datatypes import dict_of_key_value_pairs, list_of_strings, process_or_group_name
 from supervisor.options import EventListenerPoolConfig, ServerOptions, expand, make_namespec
 
 from . import durations
@@ -139,19 +140,26 @@ def read(configfile: str) -> Configuration:
         options.close_poller()
     parser = options.parser
     assert parser is not None
-    services: dict[str, ServiceSpec] = {}
+    running = _running(options)
+    ambiguous = _ambiguous_sections(parser.file_sections)
+    by_section: dict[str, list[ServiceSpec]] = {}
     problems: list[Problem] = []
     for section in parser.sections():
-        if section.startswith(SECTION_PREFIX):
-            specs, section_problems = _read_section(options, parser, section)
+        if section in ambiguous:
+            problems.extend(ambiguous[section])
+        elif section.startswith(SECTION_PREFIX):
+            specs, section_problems = _read_section(options, parser, section, running)
             problems.extend(p for p in section_problems if p not in problems)
             if not section_problems:
-                services.update((spec.namespec, spec) for spec in specs)
-    files = (configfile, *sorted(set(parser.section_to_file.values()) - {configfile}))
+                by_section[section] = specs
+    for problem in _name_clashes(parser, by_section, configfile):
+        problems.append(problem)
+        by_section.pop(problem.section, None)
+    files = (configfile, *sorted({os.path.abspath(name) for name, _ in parser.file_sections} - {configfile}))
     return Configuration(
         configfile=configfile,
         identifier=options.configroot.supervisord.identifier,
-        services=services,
+        services={spec.namespec: spec for specs in by_section.values() for spec in specs},
         problems=tuple(problems),
         files=files,
         server_configs=tuple(options.configroot.supervisord.server_configs),
@@ -241,17 +249,46 @@ class _Reader(ServerOptions):
             self.poller.close()
 
 
-class _MetaCaseParser(supervisor_options.UnhosedConfigParser):
+_UNHOSED = supervisor_options.UnhosedConfigParser  # supervisor's own, before _case_preserving_meta_keys
+
+
+class _MetaCaseParser(_UNHOSED):
     """Keeps the case of `meta.KEY` keys: Consul meta keys are case-sensitive.
 
     Every other key is lower-cased as supervisord does, so supervisord's own
-    lookups behave exactly as in supervisord.
+    lookups behave exactly as in supervisord.  It also notes the sections of
+    each file it reads: two sections of one name (say one in an [include]d
+    file) are merged into one, and section_to_file then names only the first.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.file_sections: list[tuple[str, tuple[str, ...]]] = []  # (file, its sections), in reading order
 
     def optionxform(self, optionstr: str) -> str:
         if optionstr[:len(META_PREFIX)].lower() == META_PREFIX:
             return META_PREFIX + optionstr[len(META_PREFIX):]
         return optionstr.lower()
+
+    def read_file(self, f: Any, source: str | None = None) -> None:
+        # supervisord reads its main file so, first and into an empty parser.
+        super().read_file(f, source)
+        self.file_sections.append((os.path.abspath(getattr(f, "name", source or "")), tuple(self.sections())))
+
+    def read(self, filenames: Any, **kwargs: Any) -> list[str]:
+        # ... and each [include]d file so, into the same parser: read it alone as well.
+        for filename in [filenames] if isinstance(filenames, str) else filenames:
+            self.file_sections.append((filename, _sections_of(filename)))
+        return super().read(filenames, **kwargs)
+
+
+def _sections_of(filename: str) -> tuple[str, ...]:
+    alone = _UNHOSED()
+    try:
+        alone.read(filename)
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        return ()  # supervisor's own reading of it fails next, and says why
+    return tuple(alone.sections())
 
 
 @contextlib.contextmanager
@@ -264,62 +301,186 @@ def _case_preserving_meta_keys() -> Iterator[None]:
         supervisor_options.UnhosedConfigParser = original  # type: ignore[misc]
 
 
-def _read_section(options: _Reader, parser: Any, section: str) -> tuple[list[ServiceSpec], list[Problem]]:
-    program = section[len(SECTION_PREFIX):].strip()
+def _program_of(section: str) -> str:
+    return section[len(SECTION_PREFIX):].strip()
+
+
+def _running(options: _Reader) -> dict[tuple[str, str], Any]:
+    """(group, process) -> ProcessConfig of what supervisord runs.
+
+    supervisord adds the groups in this (sorted) order and skips a name it
+    already has (supervisord.py add_process_group), so of two groups of one
+    name -- [group:g] and [group: g], or [group:web] and [program:web] --
+    only the first runs.
+    """
+    running: dict[tuple[str, str], Any] = {}
+    added: set[str] = set()
+    for group in options.process_group_configs:
+        if group.name not in added:
+            added.add(group.name)
+            running.update(((group.name, p.name), p) for p in group.process_configs)
+    return running
+
+
+def _ambiguous_sections(file_sections: list[tuple[str, tuple[str, ...]]]) -> dict[str, list[Problem]]:
+    """section -> its problems, for every [consul:X] that shares its program with another one.
+
+    [consul:web] and [consul: web] name the same program, and so do two
+    [consul:web] in two files (the parser merges those, the later keys
+    winning).  None of them is registered: either may be the one meant, and
+    registering one would publish a port or check nobody chose; so they are
+    left out like any other section with a problem, until one is left.
+    """
+    # program -> (real path, section) -> (file, section), in reading order
+    places: dict[str, dict[tuple[str, str], tuple[str, str]]] = {}
+    for filename, sections in file_sections:
+        for section in sections:
+            if section.startswith(SECTION_PREFIX):
+                # A file read twice (two include patterns matching it) merges into itself: no ambiguity.
+                places.setdefault(_program_of(section), {}).setdefault((os.path.abspath(filename), section),
+                                                                      (filename, section))
+    ambiguous: dict[str, list[Problem]] = {}
+    for program, seen in places.items():
+        where = list(seen.values())
+        if len(where) < 2:
+            continue
+        for filename, section in where:
+            others = ", ".join(f"[{s}] in {f}" for f, s in where if (f, s) != (filename, section))
+            ambiguous.setdefault(section, []).append(Problem(
+                filename, section, None, None,
+                f"another section is for program {program!r} too: {others}; put the keys you mean "
+                f"into one [consul:{program}] section and remove the other"))
+    return ambiguous
+
+
+def _name_clashes(parser: Any, by_section: dict[str, list[ServiceSpec]], configfile: str) -> list[Problem]:
+    """A problem for every section whose service name differs from another's only in case.
+
+    Consul keeps `Web` and `web` as two services, but its DNS is
+    case-insensitive and answers for both at once.  The same name in the same
+    case is one service with several instances, which is what it is for.
+    """
+    spellings: dict[str, dict[str, list[str]]] = {}  # lower-case name -> spelling -> sections
+    for section, specs in by_section.items():
+        for name in dict.fromkeys(spec.name for spec in specs):
+            spellings.setdefault(name.lower(), {}).setdefault(name, []).append(section)
+
+    def where(section: str) -> str:
+        return f"[{section}] in {parser.section_to_file.get(section, configfile)}"
+
+    problems = []
+    for names in spellings.values():
+        if len(names) < 2:
+            continue
+        # Suggest the spelling most sections use already; on a tie, the lower-case one.
+        fix = max(sorted(names, key=lambda n: (n != n.lower(), n)), key=lambda n: len(names[n]))
+        for name, sections in names.items():
+            others = ", ".join(f"{other!r} of {where(s)}" for other, more in names.items() if other != name
+                               for s in more)
+            for section in sections:
+                given = parser.has_option(section, "name")
+                problems.append(Problem(
+                    parser.section_to_file.get(section, configfile), section, "name" if given else None, name,
+                    f"service name {name!r}{'' if given else ' (the program name)'} differs only in case from "
+                    f"{others}, and Consul DNS answers for both as one; spell them the same: "
+                    f"name = {fix} in each section"))
+    return problems
+
+
+def _read_section(options: _Reader, parser: Any, section: str,
+                  running: dict[tuple[str, str], Any]) -> tuple[list[ServiceSpec], list[Problem]]:
+    program = _program_of(section)
     filename = parser.section_to_file.get(section, options.configfile)
 
     def problem(key: str | None, value: str | None, message: str) -> Problem:
         return Problem(filename, section, key, value, message)
 
-    program_section = next((s for s in (f"program:{program}", f"fcgi-program:{program}")
-                            if parser.has_section(s)), None)
-    if program_section is None:
+    program_sections = _program_sections(parser, program)
+    if not program_sections:
         return [], [problem(None, None, f"there is no [program:{program}] for this section; "
                                         f"name the section after a program")]
+    if len(program_sections) > 1:
+        defined = ", ".join(f"[{s}] in {parser.section_to_file.get(s, options.configfile)}"
+                            for s in program_sections)
+        return [], [problem(None, None, f"program {program!r} is defined {len(program_sections)} times "
+                                        f"({defined}), so which one this section is for is unclear; "
+                                        f"remove or rename all but one")]
+    program_section = program_sections[0]
     problems = [problem(key, parser.get(section, key), "unknown key; known keys: "
                         + ", ".join(KEYS) + ", meta.KEY")
                 for key in parser.options(section)
                 if key not in KEYS and not key.startswith(META_PREFIX)]
     specs = []
+    groups: list[str] = []
     try:
-        for group, process, expansions, pconfig in _processes(options, parser, program, program_section):
+        groups = _groups_of(options, parser, program)
+        for group, process, expansions, pconfig in _processes(options, parser, program, program_section,
+                                                              groups, running):
             spec = _spec(parser, section, group, process, expansions, tuple(pconfig.exitcodes), problem, problems)
             if spec is not None:
                 specs.append(replace(spec, startsecs=float(pconfig.startsecs)))
     except Exception as exc:  # whatever supervisord accepted, no one section may stop the listener
         problems.append(problem(None, None, f"cannot be read: {_short(exc)}"))
     if not specs and not problems:
-        problems.append(problem(None, None, f"supervisord runs no process of [{program_section}]; "
-                                            f"check its process_name and [group:*] programs="))
+        problems.append(problem(None, None, _runs_none(program_section, groups, running)))
     return specs, problems
 
 
-def _processes(options: _Reader, parser: Any, program: str, program_section: str):
-    """(group, process name, expansions, supervisor's ProcessConfig) of every process of a program,
-    with the expansions supervisord used for that process (options.py
-    _processes_from_section: the program's environment= before process_name)."""
-    group = program
+def _program_sections(parser: Any, program: str) -> list[str]:
+    """The [program:*] and [fcgi-program:*] sections of one program name: supervisord
+    strips the name, so [program:web] and [program: web] are both program web."""
+    sections = []
+    for section in parser.sections():
+        kind, colon, name = section.partition(":")
+        if colon and kind in ("program", "fcgi-program") and name.strip() == program:
+            sections.append(section)
+    return sections
+
+
+def _runs_none(program_section: str, groups: list[str], running: dict[tuple[str, str], Any]) -> str:
+    taken = sorted({g for g, _ in running} & set(groups))
+    if taken:
+        return (f"supervisord runs no process of [{program_section}]: another section's group "
+                f"{taken[0]!r} runs instead (of two groups of one name only the first runs); rename one")
+    return (f"supervisord runs no process of [{program_section}]; "
+            f"check its process_name and [group:*] programs=")
+
+
+def _groups_of(options: _Reader, parser: Any, program: str) -> list[str]:
+    """The groups supervisord runs a program in: every [group:*] that lists it,
+    or else (never besides) a group of its own (options.py process_groups_from_parser)."""
+    groups: list[str] = []
     for section in parser.sections():
         if section.startswith("group:"):
             programs = parser.saneget(section, "programs", "", expansions={"here": options.here})
-            if program in (p.strip() for p in programs.split(",")):
-                group = section.split(":", 1)[1]
-    configs = {(g.name, p.name): p for g in options.process_group_configs for p in g.process_configs}
-    common = {"here": options.here, "program_name": program, "group_name": group,
-              "host_node_name": supervisor_options.platform.node()}
-    numprocs = int(parser.saneget(program_section, "numprocs", "1", expansions=common))
-    start = int(parser.saneget(program_section, "numprocs_start", "0", expansions=common))
+            group = process_or_group_name(section.split(":", 1)[1])
+            if program in list_of_strings(programs) and group not in groups:
+                groups.append(group)
+    return groups or [program]
+
+
+def _processes(options: _Reader, parser: Any, program: str, program_section: str, groups: list[str],
+               running: dict[tuple[str, str], Any]):
+    """(group, process name, expansions, supervisor's ProcessConfig) of every process of a program
+    in every group it is in, with the expansions supervisord used for that process (options.py
+    _processes_from_section: the program's environment= before process_name)."""
     template = parser.saneget(program_section, "process_name", "%(program_name)s", do_expand=False)
     environment = parser.saneget(program_section, "environment", "", do_expand=False)
-    for process_num in range(start, start + numprocs):
-        expansions = {**common, "process_num": process_num, "numprocs": numprocs,
-                      **options.environ_expansions}
-        program_env = dict_of_key_value_pairs(expand(environment, expansions, "environment"))
-        expansions.update({f"ENV_{k}": v for k, v in program_env.items()})
-        name = supervisor_options.process_or_group_name(expand(template, expansions, "process_name"))
-        pconfig = configs.get((group, name))
-        if pconfig is not None:
-            yield group, name, expansions, pconfig
+    for group in groups:
+        # Each group has its own numprocs processes: %(group_name)s may differ.
+        common = {"here": options.here, "program_name": program, "group_name": group,
+                  "host_node_name": supervisor_options.platform.node()}
+        numprocs = int(parser.saneget(program_section, "numprocs", "1", expansions=common))
+        start = int(parser.saneget(program_section, "numprocs_start", "0", expansions=common))
+        for process_num in range(start, start + numprocs):
+            expansions = {**common, "process_num": process_num, "numprocs": numprocs,
+                          **options.environ_expansions}
+            program_env = dict_of_key_value_pairs(expand(environment, expansions, "environment"))
+            expansions.update({f"ENV_{k}": v for k, v in program_env.items()})
+            name = process_or_group_name(expand(template, expansions, "process_name"))
+            pconfig = running.get((group, name))
+            if pconfig is not None:
+                yield group, name, expansions, pconfig
 
 
 def _spec(parser: Any, section: str, group: str, process: str, expansions: dict[str, Any],

@@ -5,6 +5,7 @@ import platform
 import textwrap
 
 import pytest
+from supervisor.options import make_namespec
 
 from supervisor_consul import cli, config
 from supervisor_consul.config import ConsulCheck, Problem
@@ -374,3 +375,238 @@ def test_ttl_below_a_second_is_a_problem(tmp_path):
     path = write(tmp_path, program("web") + "[consul:web]\nttl=500ms\n")
     [problem] = config.read(path).problems
     assert problem.key == "ttl" and "at least 1s" in problem.message
+
+
+# -- a program in several groups (issue 10, item 5) ------------------------------------------
+
+
+def test_a_program_in_two_groups_is_an_instance_in_each(tmp_path):
+    # supervisord runs g1:twice and g2:twice, and no standalone twice.
+    path = write(tmp_path, program("twice") + program("solo")
+                 + "[group:g1]\nprograms=twice\n[group:g2]\nprograms=twice\n[consul:twice]\nport=80\n[consul:solo]\n")
+    configuration = config.read(path)
+
+    assert configuration.problems == ()
+    assert sorted(configuration.services) == ["g1:twice", "g2:twice", "solo"]
+    assert [(s.group, s.process, s.name, s.port) for s in (configuration.services["g1:twice"],
+                                                           configuration.services["g2:twice"])] == \
+        [("g1", "twice", "twice", 80), ("g2", "twice", "twice", 80)]
+
+
+def test_a_program_with_numprocs_in_two_groups_has_numprocs_in_each(tmp_path):
+    path = write(tmp_path, program("web", "numprocs=2\nprocess_name=%(program_name)s_%(process_num)d\n")
+                 + "[group:g1]\nprograms=web\n[group:g2]\nprograms=web\n"
+                 + "[consul:web]\nmeta.group=%(group_name)s\n")
+    services = config.read(path).services
+
+    assert sorted(services) == ["g1:web_0", "g1:web_1", "g2:web_0", "g2:web_1"]
+    assert {ns: dict(s.meta)["group"] for ns, s in services.items()} == {
+        "g1:web_0": "g1", "g1:web_1": "g1", "g2:web_0": "g2", "g2:web_1": "g2"}
+
+
+def test_group_name_in_process_name_differs_per_group(tmp_path):
+    path = write(tmp_path, program("t", "process_name=%(group_name)s_t\n")
+                 + "[group:g1]\nprograms=t\n[group:g2]\nprograms=t\n[consul:t]\n")
+    assert sorted(config.read(path).services) == ["g1:g1_t", "g2:g2_t"]
+
+
+def test_a_program_listed_twice_in_one_group_is_one_process(tmp_path):
+    path = write(tmp_path, program("twice") + "[group:g]\nprograms=twice, twice\n[consul:twice]\n")
+    configuration = config.read(path)
+    assert (sorted(configuration.services), configuration.problems) == (["g:twice"], ())
+
+
+def test_spaces_around_group_and_program_names_are_stripped_as_supervisord_does(tmp_path):
+    path = write(tmp_path, "[program: web ]\ncommand=/bin/sleep 1000\n" + program("a")
+                 + "[group: g ]\nprograms= a \n[consul:web]\n[consul:a]\n")
+    configuration = config.read(path)
+    assert (sorted(configuration.services), configuration.problems) == (["g:a", "web"], ())
+
+
+@pytest.mark.parametrize("groups, runs", [
+    ("[group:g]\nprograms=a\n[group: g]\nprograms=b\n", "a"),  # same priority: the first section
+    ("[group:g]\nprograms=a\npriority=500\n[group: g]\nprograms=b\npriority=100\n", "b"),  # lower priority first
+])
+def test_of_two_groups_of_one_name_only_the_one_supervisord_runs_is_registered(tmp_path, groups, runs):
+    path = write(tmp_path, program("a") + program("b") + groups + "[consul:a]\n[consul:b]\n")
+    configuration = config.read(path)
+    other = "b" if runs == "a" else "a"
+
+    assert sorted(configuration.services) == [f"g:{runs}"]
+    [problem] = configuration.problems
+    assert (problem.file, problem.section, problem.key) == (path, f"consul:{other}", None)
+    assert "group 'g'" in problem.message and "rename one" in problem.message
+
+
+def test_a_group_named_like_a_program_hides_the_program(tmp_path):
+    # supervisord runs a:b, and never program a.
+    path = write(tmp_path, program("a") + program("b") + "[group:a]\nprograms=b\n[consul:a]\n[consul:b]\n")
+    configuration = config.read(path)
+    assert sorted(configuration.services) == ["a:b"]
+    assert [p.section for p in configuration.problems] == ["consul:a"]
+
+
+def test_a_program_defined_twice_is_a_problem(tmp_path):
+    path = write(tmp_path, program("web") + "[program: web]\ncommand=/bin/sleep 1001\n" + program("other")
+                 + "[consul:web]\n[consul:other]\n")
+    configuration = config.read(path)
+
+    [problem] = configuration.problems
+    assert (problem.file, problem.section, problem.key) == (path, "consul:web", None)
+    assert "[program:web]" in problem.message and "[program: web]" in problem.message
+    assert set(configuration.services) == {"other"}
+
+
+# -- ambiguous sections (issue 10, item 10) --------------------------------------------------
+
+
+def test_two_consul_sections_for_one_program_are_both_problems(tmp_path):
+    path = write(tmp_path, program("dup") + program("other")
+                 + "[consul:dup]\nport=1\n[consul: dup]\nport=2\n[consul:other]\n")
+    configuration = config.read(path)
+
+    assert [(p.file, p.section, p.key) for p in configuration.problems] == [
+        (path, "consul:dup", None), (path, "consul: dup", None)]
+    first, second = configuration.problems
+    assert f"[consul: dup] in {path}" in first.message and f"[consul:dup] in {path}" in second.message
+    assert all("one [consul:dup] section" in p.message for p in configuration.problems)
+    # Neither is registered: either may be the one meant.
+    assert set(configuration.services) == {"other"}
+    assert str(first) == (f"{path}: [consul:dup] another section is for program 'dup' too: [consul: dup] in "
+                          f"{path}; put the keys you mean into one [consul:dup] section and remove the other")
+
+
+def test_two_consul_sections_for_one_program_in_two_files_name_each_file(tmp_path):
+    (tmp_path / "conf.d").mkdir()
+    path = write(tmp_path, "[include]\nfiles=conf.d/*.conf\n" + program("dup") + program("web")
+                 + "[consul:dup]\nport=1\n[consul:web]\n")
+    included = tmp_path / "conf.d" / "dup.conf"
+    included.write_text("[consul:dup ]\nport=2\n")
+    configuration = config.read(path)
+
+    assert [(p.file, p.section) for p in configuration.problems] == [(path, "consul:dup"),
+                                                                    (str(included), "consul:dup ")]
+    assert f"[consul:dup ] in {included}" in configuration.problems[0].message
+    assert f"[consul:dup] in {path}" in configuration.problems[1].message
+    assert set(configuration.services) == {"web"}
+
+
+def test_the_same_consul_section_in_two_files_is_a_problem_too(tmp_path):
+    # supervisor's parser merges the two, the later keys winning, and says nothing.
+    (tmp_path / "conf.d").mkdir()
+    path = write(tmp_path, "[include]\nfiles=conf.d/*.conf\n" + program("dup") + program("web")
+                 + "[consul:dup]\nport=1\n[consul:web]\n")
+    included = tmp_path / "conf.d" / "dup.conf"
+    included.write_text("[consul:dup]\nport=2\n")
+    configuration = config.read(path)
+
+    assert [(p.file, p.section) for p in configuration.problems] == [(path, "consul:dup"),
+                                                                    (str(included), "consul:dup")]
+    assert set(configuration.services) == {"web"}
+    assert str(included) in configuration.files
+
+
+def test_service_names_that_differ_only_in_case_are_problems_naming_both_sections(tmp_path):
+    path = write(tmp_path, program("a") + program("b") + program("c")
+                 + "[consul:a]\nname=Web\n[consul:b]\nname=web\n[consul:c]\nname=c\n")
+    configuration = config.read(path)
+
+    assert [(p.file, p.section, p.key, p.value) for p in configuration.problems] == [
+        (path, "consul:a", "name", "Web"), (path, "consul:b", "name", "web")]
+    a, b = configuration.problems
+    assert f"'web' of [consul:b] in {path}" in a.message and f"'Web' of [consul:a] in {path}" in b.message
+    assert all("spell them the same" in p.message for p in configuration.problems)
+    assert set(configuration.services) == {"c"}
+
+
+def test_the_program_name_counts_as_the_service_name_in_a_case_clash(tmp_path):
+    path = write(tmp_path, program("Web") + program("api") + "[consul:Web]\n[consul:api]\nname=web\n")
+    configuration = config.read(path)
+
+    assert [(p.section, p.key, p.value) for p in configuration.problems] == [
+        ("consul:Web", None, "Web"), ("consul:api", "name", "web")]
+    assert "(the program name)" in str(configuration.problems[0])
+    assert "'Web'" in str(configuration.problems[0])  # the key is None: the name is in the message
+    assert configuration.services == {}
+
+
+def test_the_suggested_spelling_is_the_one_most_sections_use(tmp_path):
+    path = write(tmp_path, program("a") + program("b") + program("c")
+                 + "[consul:a]\nname=Web\n[consul:b]\nname=Web\n[consul:c]\nname=web\n")
+    problems = config.read(path).problems
+    assert len(problems) == 3 and all("name = Web in each" in p.message for p in problems)
+
+
+def test_a_case_clash_across_include_files_names_each_file(tmp_path):
+    (tmp_path / "conf.d").mkdir()
+    path = write(tmp_path, "[include]\nfiles=conf.d/*.conf\n" + program("a") + "[consul:a]\nname=Shop\n")
+    included = tmp_path / "conf.d" / "b.conf"
+    included.write_text(program("b") + "[consul:b]\nname=shop\n")
+    problems = config.read(path).problems
+
+    assert [(p.file, p.section) for p in problems] == [(path, "consul:a"), (str(included), "consul:b")]
+    assert f"[consul:b] in {included}" in problems[0].message
+    assert f"[consul:a] in {path}" in problems[1].message
+
+
+def test_several_programs_with_the_same_name_are_one_service(tmp_path):
+    path = write(tmp_path, program("a") + program("b") + "[consul:a]\nname=web\nport=1\n[consul:b]\nname=web\nport=2\n")
+    configuration = config.read(path)
+    assert configuration.problems == ()
+    assert {s.name for s in configuration.services.values()} == {"web"} and len(configuration.services) == 2
+
+
+def test_check_command_lists_ambiguous_sections_and_exits_1(tmp_path, capsys):
+    path = write(tmp_path, program("dup") + program("a") + program("b")
+                 + "[consul:dup]\n[consul: dup]\n[consul:a]\nname=Web\n[consul:b]\nname=web\n")
+    assert cli.main(["check", "-c", path]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(lines) == sorted(str(p) for p in config.read(path).problems) and len(lines) == 4
+
+
+# -- config.read against what a real supervisord runs ----------------------------------------
+
+# Each: [program:*]/[group:*] lines; the programs whose [consul:*] is a Problem on purpose; the
+# processes supervisord runs that are left unregistered so.
+SUPERVISORD_CASES = {
+    "two groups": (program("twice") + program("solo") + "[group:g1]\nprograms=twice\n[group:g2]\nprograms=twice\n",
+                   (), ()),
+    "numprocs in two groups": (program("web", "numprocs=2\nprocess_name=%(program_name)s_%(process_num)d\n")
+                               + "[group:g1]\nprograms=web\n[group:g2]\nprograms=web\n", (), ()),
+    "group_name in process_name": (program("t", "process_name=%(group_name)s_t\n")
+                                   + "[group:g1]\nprograms=t\n[group:g2]\nprograms=t\n", (), ()),
+    "listed twice in one group": (program("twice") + "[group:g]\nprograms=twice,twice\n", (), ()),
+    # supervisord runs only the first group of a name, in (priority, name) order: b runs nowhere.
+    "two groups of one name": (program("a") + program("b") + "[group:g]\nprograms=a\n[group: g]\nprograms=b\n",
+                               ("b",), ()),
+    "two groups of one name, priorities": (program("a") + program("b") + "[group:g]\nprograms=a\npriority=500\n"
+                                           "[group: g]\nprograms=b\npriority=100\n", ("a",), ()),
+    "group named like a program": (program("a") + program("b") + "[group:a]\nprograms=b\n", ("a",), ()),
+    "spaces in names": ("[program: web ]\ncommand=/bin/sleep 1000\n" + program("a")
+                        + "[group: g ]\nprograms= a \n", (), ()),
+    # Two programs named web, and supervisord runs both: g:web from one section, web from the other.
+    "a program defined twice": (program("web") + "[program: web]\ncommand=/bin/sleep 1001\n"
+                                + "[group:g]\nprograms=web\n", ("web",), ("g:web", "web")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SUPERVISORD_CASES))
+def test_what_is_registered_is_what_supervisord_runs(supervisord_factory, case):
+    body, problem_programs, unregistered = SUPERVISORD_CASES[case]
+    programs = dict.fromkeys(line[len("[program:"):-1].strip() for line in body.splitlines()
+                             if line.startswith("[program:"))
+    sv = supervisord_factory(body + "".join(f"[consul:{p}]\n" for p in programs))
+    runs = {make_namespec(i["group"], i["name"]) for i in sv.rpc().supervisor.getAllProcessInfo()}
+    configuration = config.read(str(sv.conf))
+
+    assert {p.section for p in configuration.problems} == {f"consul:{p}" for p in problem_programs}
+    assert set(configuration.services) == runs - set(unregistered)
+
+
+def test_a_file_included_twice_is_no_ambiguity(tmp_path):
+    # Two include patterns matching one file: supervisord reads it twice, into the same sections.
+    (tmp_path / "conf.d").mkdir()
+    path = write(tmp_path, "[include]\nfiles=conf.d/*.conf conf.d/web.conf\n")
+    (tmp_path / "conf.d" / "web.conf").write_text(program("web") + "[consul:web]\nport=80\n")
+    configuration = config.read(path)
+    assert (configuration.problems, sorted(configuration.services)) == ((), ["web"])
