@@ -1,11 +1,16 @@
 """health: the state-mapping table, from supervisord states to what Consul shows."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from supervisor_consul.config import ServiceSpec
 from supervisor_consul.events import ProcessStateChange
-from supervisor_consul.health import CRITICAL, KEEP, PASSING, Health, ProcessStatus, fold, from_info, wanted
+from supervisor_consul.health import (
+    CRITICAL, FLAP_EXITS, FLAP_HOLD, FLAP_WINDOW, KEEP, MAX_EXITS_KEPT, PASSING, WARNING, Health, ProcessStatus,
+    flapping, fold, from_info, in_maintenance, wanted, with_exitstatus,
+)
 
 NOW = 1_800_000_000.0
 
@@ -89,9 +94,9 @@ def test_exited_note_says_how_and_exit_status(expected, word):
     assert "exit status 3" in note
 
 
-def test_exited_note_without_exit_status():
+def test_exited_note_without_exit_status_says_it_is_unknown():
     note = wanted(ProcessStatus("EXITED", expected=False, since=NOW), spec(), NOW).note
-    assert note == "EXITED unexpectedly"
+    assert note == "EXITED unexpectedly, exit status unknown"
 
 
 # -- check = none ----------------------------------------------------------------------
@@ -182,3 +187,223 @@ def test_death_by_signal_is_named_not_shown_as_exit_status_minus_one():
     # supervisord records -1 as the exit status of any process a signal ended.
     status = ProcessStatus("EXITED", pid=42, expected=False, exitstatus=-1, since=NOW)
     assert wanted(status, spec(), NOW).note == "EXITED unexpectedly: killed by a signal"
+
+
+# -- the flapping rule (a crash loop) ------------------------------------------------------
+
+def laps(count: int, start: float = NOW, every: float = 0.2, status: ProcessStatus | None = None,
+         pid: int = 100) -> tuple[ProcessStatus, float]:
+    """`count` laps of supervisord's respawn loop (EXITED, STARTING, RUNNING), one every
+    `every` seconds from `start`; the status after the last RUNNING, and its time."""
+    at = start
+    for lap in range(count):
+        status = fold(status, change("EXITED", "RUNNING", pid=pid + lap, expected=False), at)
+        status = fold(status, change("STARTING", "EXITED"), at + every / 4)
+        at += every / 2
+        status = fold(status, change("RUNNING", "STARTING", pid=pid + lap + 1), at)
+        at += every / 2
+    return status, at - every / 2
+
+
+def test_fewer_exits_than_the_threshold_pass_as_before():
+    status, at = laps(FLAP_EXITS - 1)
+    assert not flapping(status, at)
+    assert wanted(status, spec(), at) == Health(PASSING, f"RUNNING pid {status.pid}")
+
+
+def test_a_crash_loop_is_critical_while_running_with_the_count_in_the_note():
+    status, at = laps(FLAP_EXITS)
+    assert flapping(status, at)
+    assert wanted(status, spec(), at) == Health(
+        CRITICAL, f"restarting: 5 exits in 60 s; RUNNING pid {status.pid}, passing once up 30 s")
+
+
+def test_a_crash_loop_is_critical_while_exited_with_the_exit_note():
+    status, at = laps(FLAP_EXITS + 2)
+    exited = fold(status, change("EXITED", "RUNNING", pid=status.pid, expected=False), at + 0.1)
+    exited = replace(exited, exitstatus=1)
+    assert wanted(exited, spec(), at + 0.1) == Health(
+        CRITICAL, "restarting: 8 exits in 60 s; EXITED unexpectedly with exit status 1")
+
+
+def test_every_sample_of_a_loop_after_the_threshold_is_critical():
+    """Sampled at every event and between them, as a poll of Consul would."""
+    status, at = None, NOW
+    shown = []
+    for lap in range(50):
+        for state, offset in (("EXITED", 0.0), ("STARTING", 0.01), ("RUNNING", 0.02)):
+            status = fold(status, change(state, "", pid=lap, expected=False), at + offset)
+            shown.append((lap, wanted(status, spec(), at + offset + 0.005)))
+        shown.append((lap, wanted(status, spec(), at + 0.15)))
+        at += 0.2
+    after = [w for lap, w in shown if lap >= FLAP_EXITS - 1]
+    assert after and all(w.status == CRITICAL and w.note.startswith("restarting: ") for w in after)
+
+
+def test_a_loop_passes_once_it_stayed_running_for_the_hold():
+    status, at = laps(12)
+    assert wanted(status, spec(), at + FLAP_HOLD - 0.1).status == CRITICAL
+    assert wanted(status, spec(), at + FLAP_HOLD) == Health(PASSING, f"RUNNING pid {status.pid}")
+
+
+def test_the_hold_counts_from_the_last_running_not_the_first():
+    status, at = laps(6)
+    later, at = laps(1, start=at + FLAP_HOLD - 1, status=status, pid=500)  # crashed again just before
+    assert wanted(later, spec(), at + FLAP_HOLD - 0.1).status == CRITICAL
+    assert wanted(later, spec(), at + FLAP_HOLD).status == PASSING
+
+
+def test_exits_older_than_the_window_do_not_count():
+    status, at = laps(FLAP_EXITS - 1, every=16)  # exits at 0, 16, 32 and 48 s
+    status, at = laps(1, start=NOW + FLAP_WINDOW, status=status)  # the first is 60 s old by the next
+    assert len(status.exits) == FLAP_EXITS - 1
+    assert not flapping(status, at)
+
+
+def test_a_relapse_after_the_hold_is_a_new_loop_at_once():
+    status, at = laps(FLAP_EXITS)
+    first = status.flapping_since
+    relapse_at = at + FLAP_HOLD + 1  # passing in between; the earlier exits still within the window
+    status = fold(status, change("EXITED", "RUNNING", pid=status.pid, expected=False), relapse_at)
+    assert flapping(status, relapse_at)
+    assert status.flapping_since == relapse_at != first
+
+
+@pytest.mark.parametrize("end", ["STOPPED", "FATAL"])
+def test_stopped_and_fatal_end_a_loop(end):
+    status, at = laps(10)
+    status = fold(status, change(end, "RUNNING", pid=status.pid), at + 1)
+    assert (status.exits, status.flapping_since) == ((), 0.0)
+    started = fold(fold(status, change("STARTING", end), at + 2), change("RUNNING", "STARTING", pid=9), at + 3)
+    assert wanted(started, spec(), at + 3) == Health(PASSING, "RUNNING pid 9")
+
+
+def test_backoff_in_a_loop_shows_the_loop_but_still_never_registers():
+    status, at = laps(FLAP_EXITS)
+    backoff = fold(status, change("BACKOFF", "STARTING"), at + 0.1)
+    health_ = wanted(backoff, spec(), at + 0.1)
+    assert health_.status == CRITICAL and health_.note.startswith("restarting: 5 exits in 60 s; BACKOFF")
+    assert health_.registers is False
+
+
+def test_stopping_and_unknown_keep_their_own_notes_during_a_loop():
+    status, at = laps(FLAP_EXITS)
+    stopping = fold(status, change("STOPPING", "RUNNING", pid=status.pid), at + 0.1)
+    assert wanted(stopping, spec(), at + 0.1) == Health(CRITICAL, f"STOPPING pid {status.pid}", registers=False)
+
+
+def test_a_loop_without_a_check_is_not_registered():
+    status, at = laps(FLAP_EXITS)
+    assert wanted(status, spec(ttl_check=False), at) is None
+    assert wanted(status, spec(ttl_check=False), at + FLAP_HOLD) == Health(PASSING, f"RUNNING pid {status.pid}")
+
+
+def test_the_history_is_bounded():
+    status, at = laps(MAX_EXITS_KEPT + 50, every=0.01)
+    assert len(status.exits) == MAX_EXITS_KEPT
+    assert wanted(status, spec(), at).note.startswith(f"restarting: {MAX_EXITS_KEPT}+ exits in 60 s")
+
+
+# -- the flapping rule and deregister_after ----------------------------------------------------
+
+
+def test_a_loop_is_deregistered_deregister_after_from_its_first_exit_and_not_registered_again():
+    one_minute = spec(deregister_after="1m")
+    status, at = laps(FLAP_EXITS)
+    began = status.flapping_since
+    assert began == pytest.approx(NOW + (FLAP_EXITS - 1) * 0.2)  # the exit that made it a loop
+    # It goes on: every event is recent, but the check has been critical all along.
+    status, at = laps(300, start=at + 0.1, status=status)
+    assert at - began >= 60 and flapping(status, at)
+    assert wanted(status, one_minute, at) is None
+    assert wanted(status, one_minute, at + FLAP_HOLD) == Health(PASSING, f"RUNNING pid {status.pid}")
+
+
+def test_a_loop_shorter_than_deregister_after_stays_registered():
+    status, at = laps(100)
+    assert wanted(status, spec(deregister_after="1m"), at).status == CRITICAL
+
+
+# -- the flapping rule in maintenance ------------------------------------------------------------
+
+
+def test_a_loop_in_maintenance_is_a_warning_until_the_hold_is_over():
+    status, at = laps(FLAP_EXITS)
+    shown = in_maintenance(status, spec(), at)
+    assert shown.status == WARNING
+    assert shown.note == f"restarting: 5 exits in 60 s; RUNNING pid {status.pid}, passing once up 30 s " \
+                         "(kept registered: in maintenance)"
+    assert in_maintenance(status, spec(), at + FLAP_HOLD) == Health(PASSING, f"RUNNING pid {status.pid}")
+    # Without a clock: as of its last change, when the hold had just begun.
+    assert in_maintenance(status, spec()).status == WARNING
+
+
+# -- from_info keeps the exit history -------------------------------------------------------------
+
+
+def test_a_reconcile_keeps_the_history():
+    status, at = laps(FLAP_EXITS)
+    same = from_info(status, info("RUNNING", pid=status.pid, now=at + 1), spec())
+    assert same is status
+    other_pid = from_info(status, info("RUNNING", pid=status.pid + 1, now=at + 1), spec())
+    assert (other_pid.exits, other_pid.flapping_since) == (status.exits, status.flapping_since)
+    assert wanted(other_pid, spec(), at + 1).status == CRITICAL
+    exited = from_info(status, info("EXITED", stop=at + 1, exitstatus=1, now=at + 1), spec())
+    assert (exited.exits, exited.flapping_since) == (status.exits, status.flapping_since)
+    assert wanted(exited, spec(), at + 1).note == "restarting: 5 exits in 60 s; EXITED unexpectedly with exit status 1"
+
+
+@pytest.mark.parametrize("end", ["STOPPED", "FATAL"])
+def test_a_reconcile_that_finds_it_stopped_ends_the_loop(end):
+    status, at = laps(FLAP_EXITS)
+    ended = from_info(status, info(end, now=at + 1, stop=at + 1), spec())
+    assert (ended.exits, ended.flapping_since) == ((), 0.0)
+
+
+# -- the exit status of an exit (issue 10, item 13) ------------------------------------------------
+
+EXITED_AT = NOW - 0.3  # when the listener folded the EXITED event
+
+
+def exited_event() -> ProcessStatus:
+    return fold(fold(None, change("RUNNING", "STARTING", pid=42), NOW - 5),
+                change("EXITED", "RUNNING", pid=42, expected=False), EXITED_AT)
+
+
+@pytest.mark.parametrize("answer", [
+    # supervisord spawned it again before answering: spawn() forgets the exit status, getProcessInfo says 0.
+    {"statename": "STARTING", "pid": 43, "start": int(NOW), "stop": int(EXITED_AT - 0.1), "exitstatus": 0},
+    {"statename": "RUNNING", "pid": 43, "start": int(NOW), "stop": int(EXITED_AT - 0.1), "exitstatus": 0},
+    {"statename": "BACKOFF", "pid": 0, "start": int(NOW), "stop": int(NOW), "exitstatus": 0},
+    # Stopped meanwhile: the status is the stop's.
+    {"statename": "STOPPED", "pid": 0, "start": int(NOW - 5), "stop": int(NOW), "exitstatus": 0},
+    # EXITED again, after a later lap: its stop is after we heard of ours.
+    {"statename": "EXITED", "pid": 0, "start": int(NOW), "stop": int(NOW) + 1, "exitstatus": 1},
+    # EXITED again within the same second, with an outcome the event did not tell.
+    {"statename": "EXITED", "pid": 0, "start": int(NOW), "stop": int(EXITED_AT), "exitstatus": 0},
+])
+def test_an_answer_about_another_moment_leaves_the_exit_status_unknown(answer):
+    status = with_exitstatus(exited_event(), info(**answer), spec())
+    assert status.exitstatus is None
+    assert wanted(status, spec(), NOW).note == "EXITED unexpectedly, exit status unknown"
+
+
+def test_an_answer_still_exited_gives_the_exit_status():
+    answer = info("EXITED", pid=0, start=int(NOW - 5), stop=int(EXITED_AT), exitstatus=1)
+    status = with_exitstatus(exited_event(), answer, spec())
+    assert wanted(status, spec(), NOW).note == "EXITED unexpectedly with exit status 1"
+
+
+def test_an_unknown_exit_status_is_filled_in_by_a_reconcile_that_finds_it_still_exited():
+    unknown = with_exitstatus(exited_event(), info("STARTING", pid=43, exitstatus=0), spec())
+    assert unknown.exitstatus is None
+    later = from_info(unknown, info("EXITED", pid=0, stop=int(EXITED_AT), exitstatus=1), spec())
+    assert later.exitstatus == 1 and later.since == EXITED_AT
+    # ... and never by one about a later exit.
+    assert from_info(unknown, info("EXITED", stop=int(NOW) + 2, exitstatus=0), spec()).exitstatus is None
+
+
+def test_a_reconcile_of_an_exit_never_heard_of_takes_its_own_answer():
+    status = from_info(None, info("EXITED", stop=NOW - 10, exitstatus=0), spec())
+    assert (status.exitstatus, status.expected) == (0, True)
+    assert wanted(status, spec(), NOW).note == "EXITED expectedly with exit status 0"
