@@ -15,10 +15,14 @@ import consul
 import requests
 import urllib3
 
+from .acl_token import Token
 from .connection import OPENSSL_SOURCE_LINE, Connection, TLSAdapter, trust
 from .health import CRITICAL, PASSING, WARNING, Health
-from .plan import (ID_PREFIX, MAINTENANCE_PREFIX, SPEC_META, Actual, Registration, is_owned,
-                   maintenance_reason, ttl_check_id)
+from .logtext import escaped
+from .claim import INCARNATION_META, Incarnation, Seen
+from .plan import (ID_PREFIX, MAINTENANCE_PREFIX, OWNER_META, SPEC_META, Actual, Registration, claim_check_id,
+                   claim_id, is_owned, maintenance_reason, ttl_check_id)
+from .transport import MiB, BoundedAdapter, DeadlineExceeded, ResponseTooLarge
 
 log = logging.getLogger("supervisor_consul")
 TIMEOUT = 5.0  # seconds; the sync loop must never hang on a dead agent
@@ -45,11 +49,17 @@ class Agent:
         cert = (conn.client_cert, conn.client_key) if conn.client_cert else None
         self.client = consul.Consul(host=conn.host, port=conn.port, scheme=conn.scheme, verify=verify,
                                     cert=cert, token=conn.token, connections_timeout=timeout)
+        self.token = Token(conn.token, conn.token_source, conn.token_file, conn.token_option)
         self.client.token = conn.token  # py-consul lets CONSUL_HTTP_TOKEN win; we already chose
         self.client.http.session.trust_env = False  # the agent is local: no proxy from HTTP_PROXY
+        # requests' timeout is per socket read, which a trickling endpoint never trips:
+        # `timeout` bounds each call as a whole (transport.py), and its body in size.
+        self.client.http.session.mount("http://", BoundedAdapter(timeout))
         if conn.scheme == "https" and conn.verify:
-            self.client.http.session.mount("https://", TLSAdapter(trust(conn), conn.tls_server_name))
-        elif conn.scheme == "https":
+            self.client.http.session.mount("https://", TLSAdapter(trust(conn), conn.tls_server_name, timeout))
+        else:
+            self.client.http.session.mount("https://", BoundedAdapter(timeout))
+        if conn.scheme == "https" and not conn.verify:
             # urllib3 would warn on every request, i.e. every heartbeat: say it once.
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
             log.warning("CONSUL_HTTP_SSL_VERIFY=false: the Consul agent's certificate at %s is not verified",
@@ -59,10 +69,18 @@ class Agent:
     def endpoint(self) -> str:
         return self.conn.endpoint
 
-    def read_owned(self, owner: str) -> dict[str, Actual]:
-        """Our instances on this agent, with the status of their TTL checks."""
+    def refresh_token(self, force: bool = False) -> bool:
+        """Pick up a rotated token file (see acl_token); True when the token changed."""
+        if not self.token.reload(force):
+            return False
+        self.client.token = self.token.value
+        return True
+
+    def read_owned(self, *owners: str) -> dict[str, Actual]:
+        """Our instances on this agent (those of any of these owner ids), with the
+        status of their TTL checks."""
         actual = {}
-        for sid, (service, own_checks) in self.owned(owner).items():
+        for sid, (service, own_checks) in self.owned(*owners).items():
             ttl = next((c for c in own_checks if c.get("CheckID") == ttl_check_id(sid)), None)
             actual[sid] = Actual(
                 service_id=sid,
@@ -89,7 +107,7 @@ class Agent:
         self._write(f"PUT /v1/agent/service/maintenance/{service_id}?enable={flag}",
                     self.client.agent.service.maintenance, service_id, flag, reason or None, service=service)
 
-    def owned(self, owner: str) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    def owned(self, *owners: str) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
         """Our instances on this agent as the agent describes them: service ID ->
         (service, its checks)."""
         services = self._call("GET /v1/agent/services", self.client.agent.services)
@@ -98,7 +116,21 @@ class Agent:
         for check in checks.values():
             by_service.setdefault(check.get("ServiceID", ""), []).append(check)
         return {sid: (service, by_service.get(sid, [])) for sid, service in services.items()
-                if is_owned(service, owner)}
+                if any(is_owned(service, owner) for owner in owners)}
+
+    def read_claim(self, owner: str) -> Seen | None:
+        """The claim of an owner id (claim.py) as the agent has it, or None."""
+        cid = claim_id(owner)
+        services = self._call("GET /v1/agent/services", self.client.agent.services, filter_expr=f'ID == "{cid}"')
+        service = services.get(cid)
+        if service is None:
+            return None
+        checks = self._call("GET /v1/agent/checks", self.client.agent.checks, filter_expr=f'ServiceID == "{cid}"')
+        check = checks.get(claim_check_id(owner)) or {}
+        meta = service.get("Meta") or {}
+        # A service under our claim's ID that is not a claim of ours is no holder: taken over.
+        incarnation = Incarnation.decode(meta.get(INCARNATION_META, "")) if meta.get(OWNER_META) == owner else None
+        return Seen(incarnation, check.get("Status"), check.get("Output"))
 
     def register(self, registration: Registration, health: Health | None, initial: str = CRITICAL,
                  stale_checks: frozenset[str] = frozenset()) -> None:
@@ -133,24 +165,34 @@ class Agent:
         try:
             return function(*args, **kwargs)
         except consul.ACLPermissionDenied as exc:
-            raise self._error(f"Consul agent at {self.endpoint} refused {what}: 403 {_text(exc, self.conn.token)}; "
-                              f"{self._acl_advice(_text(exc, self.conn.token), need)}", status=403) from exc
+            if _ACL_NOT_FOUND in str(exc) and self.refresh_token(force=True):
+                # The token file was rotated and the old token deleted: the new one may do.
+                return self._call(what, function, *args, need=need, **kwargs)
+            secrets = self.token.secrets
+            raise self._error(f"Consul agent at {self.endpoint} refused {what}: 403 {_text(exc, *secrets)}; "
+                              f"{self._acl_advice(_text(exc, *secrets), need)}", status=403) from exc
         except consul.ACLDisabled as exc:
-            raise self._error(f"Consul agent at {self.endpoint} refused {what}: 401 {_text(exc, self.conn.token)}",
+            raise self._error(f"Consul agent at {self.endpoint} refused {what}: 401 {_text(exc, *self.token.secrets)}",
                               status=401) from exc
         except consul.ConsulException as exc:
             advice = ""
             if "HTTP request to an HTTPS server" in str(exc):
                 advice = (f"; that port speaks https: use --http-addr https://{self.conn.host}:{self.conn.port} "
                           f"or CONSUL_HTTP_SSL=true")
-            raise self._error(f"Consul agent at {self.endpoint} refused {what}: {_text(exc, self.conn.token)}{advice}",
-                              status=_status(exc)) from exc
+            raise self._error(f"Consul agent at {self.endpoint} refused {what}: "
+                              f"{_text(exc, *self.token.secrets)}{advice}", status=_status(exc)) from exc
         except requests.exceptions.SSLError as exc:
             raise self._error(f"TLS with the Consul agent at {self.endpoint} failed: {_reason(exc, self.conn.token)}; "
                               f"{self.conn.tls_advice(_reason(exc, self.conn.token))}", unreachable=True) from exc
         except requests.exceptions.Timeout as exc:
-            raise self._error(f"Consul agent at {self.endpoint} did not answer {what} within "
-                              f"{self.client.http.connections_timeout:g}s", unreachable=True) from exc
+            # The whole response: a blocking query's deadline includes its wait (DeadlineExceeded says).
+            seconds = exc.seconds if isinstance(exc, DeadlineExceeded) else self.client.http.connections_timeout
+            raise self._error(f"Consul agent at {self.endpoint} did not answer {what} within {seconds:g}s "
+                              f"(the whole response); retrying", unreachable=True) from exc
+        except ResponseTooLarge as exc:
+            raise self._error(f"Consul agent at {self.endpoint} answered {what} with more than "
+                              f"{exc.limit / MiB:g} MiB; no agent's answer is that large, is something else "
+                              f"on that port? retrying", unreachable=True) from exc
         except requests.exceptions.RequestException as exc:
             raise self._error(f"Consul agent at {self.endpoint} is unreachable ({_reason(exc, self.conn.token)}); "
                               f"is it running? retrying", unreachable=True) from exc
@@ -161,19 +203,22 @@ class Agent:
 
     def _error(self, message: str, **kwargs: Any) -> ConsulError:
         # The agent or a proxy in front of it might echo a request header back.
-        return ConsulError(_redacted(message, self.conn.token), **kwargs)
+        # Escaped too: the message reaches logs and terminals, and the agent's words are in it.
+        return ConsulError(escaped(_redacted(message, *self.token.secrets)), **kwargs)
 
     def _acl_advice(self, text: str, need: str) -> str:
-        if "ACL not found" in text:
-            return (f"the agent knows no token with the SecretID from {self.conn.token_source}: "
-                    f"give an existing token's SecretID")
-        if not self.conn.token:
+        if _ACL_NOT_FOUND in text:
+            again = "; it is read again when the file changes" if self.token.path else ""
+            return (f"the agent knows no token with the SecretID from {self.token.described()}: "
+                    f"give an existing token's SecretID{again}")
+        if not self.token.value:
             return (f"no token was given, so the anonymous token was used: give a token whose policy grants "
                     f"{need} (--token-file or CONSUL_HTTP_TOKEN_FILE)")
-        return f"the token from {self.conn.token_source} needs a policy granting {need}"
+        return f"the token from {self.token.described()} needs a policy granting {need}"
 
 
 _TTL_VERBS = {PASSING: "pass", WARNING: "warn", CRITICAL: "fail"}
+_ACL_NOT_FOUND = "ACL not found"  # the agent's words for a token it does not know (deleted, or never was)
 
 
 def _status(exc: Exception) -> int | None:
@@ -184,18 +229,21 @@ def _status(exc: Exception) -> int | None:
     return int(match[1]) if match else 500
 
 
-def _redacted(text: str, secret: str | None) -> str:
+def _redacted(text: str, *secrets: str | None) -> str:
     # Before any cut: a cut token would no longer be found, and its prefix would leak.
-    return text.replace(secret, "<token>") if secret and len(secret) >= 8 else text
+    for secret in secrets:
+        if secret and len(secret) >= 8:
+            text = text.replace(secret, "<token>")
+    return text
 
 
-def _text(exc: Exception, secret: str | None = None) -> str:
-    return _redacted(" ".join(str(exc).split()), secret)[:300]
+def _text(exc: Exception, *secrets: str | None) -> str:
+    return _redacted(" ".join(str(exc).split()), *secrets)[:300]
 
 
-def _reason(exc: BaseException, secret: str | None = None) -> str:
+def _reason(exc: BaseException, *secrets: str | None) -> str:
     reason: BaseException = exc
     while reason.__context__ is not None and reason.__context__ is not reason:
         reason = reason.__context__
-    text = OPENSSL_SOURCE_LINE.sub("", _redacted(" ".join(str(reason).split()), secret))
+    text = OPENSSL_SOURCE_LINE.sub("", _redacted(" ".join(str(reason).split()), *secrets))
     return text[:200] or type(exc).__name__

@@ -12,12 +12,12 @@ import threading
 import time
 from collections.abc import Sequence
 
-from . import __version__, config, maintenance, snapshot, status
+from . import __version__, config, logtext, maintenance, snapshot, status
 from .agent import Agent
 from .connection import SETTINGS, Connection, SettingError, connection
 from .listener import Listener
 from .protocol import protocol_streams
-from .sync import Inbox, Sync
+from .sync import Inbox, NotReady, Sync
 
 log = logging.getLogger("supervisor_consul")
 DRAIN_SECONDS = 5.0  # after EOF or SIGTERM, how long pending Consul work may take
@@ -152,8 +152,9 @@ def _connection(args: argparse.Namespace) -> Connection:
 
 def run_listen(args: argparse.Namespace) -> int:
     stdin, stdout = protocol_streams()  # first: nothing else may reach stdout
-    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
-                        format="%(asctime)s supervisor-consul %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logtext.Formatter("%(asctime)s supervisor-consul %(levelname)s %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     try:
         conn = _connection(args)
         configfile = config.locate(args.configuration)
@@ -165,6 +166,11 @@ def run_listen(args: argparse.Namespace) -> int:
              conn.endpoint, f"token from {conn.token_source}" if conn.token else "no token", configfile)
     inbox = Inbox()
     sync = Sync(Agent(conn), configfile, platform.node(), inbox)
+    try:
+        sync.prepare()
+    except NotReady as exc:
+        log.critical("%s", exc)
+        return 2
     worker = threading.Thread(target=_run_sync, args=(sync,), name="sync", daemon=True)
     worker.start()
     signal.signal(signal.SIGHUP, lambda *_: inbox.request_reconcile(retry_refused=True))

@@ -559,7 +559,8 @@ def _spec(parser: Any, section: str, group: str, process: str, expansions: dict[
     else:  # None: check could not be expanded; its interval and timeout still get checked
         check = _consul_check(check_text, get, problem, problems)
     if not ttl_check:
-        for key in ("ttl", "deregister_after", "on_fatal"):
+        # deregister_after still applies: to the liveness check a `check = none` instance gets.
+        for key in ("ttl", "on_fatal"):
             if given(key):
                 problems.append(problem(key, raw(key), f"{key} needs the process-state check; "
                                                        f"remove it or the line check = none"))

@@ -17,10 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from requests.adapters import HTTPAdapter
+from .transport import BoundedAdapter
+
+from . import acl_token
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:8500"
-_TOKEN = re.compile(r"[\x21-\x7e]+")  # what an HTTP header carries as is
 OPENSSL_SOURCE_LINE = re.compile(r"\s*\(_ssl\.c:\d+\)")  # OpenSSL's source line, noise to a user
 
 
@@ -41,6 +42,8 @@ class Connection:
     ca_path: str | None = None
     tls_server_name: str | None = None
     token_source: str = ""  # where the token came from, for messages: never the token itself
+    token_file: str | None = None  # the file it was read from, read again when it changes
+    token_option: str = ""  # how that file was given: --token-file or CONSUL_HTTP_TOKEN_FILE
 
     @property
     def endpoint(self) -> str:
@@ -97,11 +100,12 @@ def connection(http_addr: str | None = None, token: str | None = None, token_fil
         raise SettingError(f"{source} {addr!r}: expected host:port, http://host:port or https://host:port")
     if port is None:
         port = 8501 if scheme == "https" else 8500
-    token, token_source = _token(token, token_file, env)
-    if token is not None and not _TOKEN.fullmatch(token):
-        # It would fail in the HTTP header with an error that quotes it; never echo it.
-        raise SettingError(f"the Consul token from {token_source} holds whitespace or non-ASCII characters; "
-                           f"give the token's SecretID alone")
+    try:
+        token, token_source, path, option = _token(token, token_file, env)
+        if token is not None:
+            acl_token.check(token, token_source)
+    except acl_token.TokenError as exc:
+        raise SettingError(str(exc)) from exc
     client_cert = _option(client_cert, env, "CONSUL_CLIENT_CERT")
     client_key = _option(client_key, env, "CONSUL_CLIENT_KEY")
     if bool(client_cert) != bool(client_key):
@@ -115,27 +119,26 @@ def connection(http_addr: str | None = None, token: str | None = None, token_fil
     return Connection(scheme=scheme, host=host, port=port, token=token, ca_file=ca_file,
                       client_cert=client_cert, client_key=client_key, verify=verify, ca_path=ca_path,
                       tls_server_name=_option(tls_server_name, env, "CONSUL_TLS_SERVER_NAME"),
-                      token_source=token_source)
+                      token_source=token_source, token_file=path, token_option=option)
 
 
 def _option(value: str | None, env: Mapping[str, str], variable: str) -> str | None:
     return value or env.get(variable) or None
 
 
-def _token(token: str | None, token_file: str | None, env: Mapping[str, str]) -> tuple[str | None, str]:
-    """(token, where it came from).  Options beat variables; at each level a token
-    file beats a token, as in Consul's own client (api.NewClient: "If the
-    TokenFile is set, always use that")."""
+def _token(token: str | None, token_file: str | None,
+           env: Mapping[str, str]) -> tuple[str | None, str, str | None, str]:
+    """(token, where it came from, its file, how the file was given).  Options
+    beat variables; at each level a token file beats a token, as in Consul's
+    own client (api.NewClient: "If the TokenFile is set, always use that")."""
     if token:
-        return token, "--token"
-    if token_file:
-        return _read_token(token_file, "--token-file"), f"--token-file {token_file}"
-    if env.get("CONSUL_HTTP_TOKEN_FILE"):
-        path = env["CONSUL_HTTP_TOKEN_FILE"]
-        return _read_token(path, "CONSUL_HTTP_TOKEN_FILE"), f"CONSUL_HTTP_TOKEN_FILE {path}"
+        return token, "--token", None, ""
+    for option, path in (("--token-file", token_file), ("CONSUL_HTTP_TOKEN_FILE", env.get("CONSUL_HTTP_TOKEN_FILE"))):
+        if path:
+            return acl_token.read_file(path, option), f"{option} {path}", path, option
     if env.get("CONSUL_HTTP_TOKEN"):
-        return env["CONSUL_HTTP_TOKEN"], "CONSUL_HTTP_TOKEN"
-    return None, ""
+        return env["CONSUL_HTTP_TOKEN"], "CONSUL_HTTP_TOKEN", None, ""
+    return None, "", None, ""
 
 
 def _check_tls_files(ca_file: str | None, ca_path: str | None, client_cert: str | None,
@@ -206,19 +209,6 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingError(f"{name}={value!r}: expected true or false")
 
 
-def _read_token(path: str, option: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise SettingError(f"{option}: cannot read the Consul token file {path}: {reason}") from exc
-    if not token:
-        # An empty token means the anonymous token: every write refused, far from the cause.
-        raise SettingError(f"{option}: the Consul token file {path} is empty; put the token's SecretID in it")
-    return token
-
-
 def trust(conn: Connection) -> ssl.SSLContext:
     """The CAs the Consul CLI would trust: the CA file, else every certificate
     under the CA directory, else the system's (requests alone would use certifi's)."""
@@ -229,15 +219,17 @@ def trust(conn: Connection) -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-class TLSAdapter(HTTPAdapter):
+class TLSAdapter(BoundedAdapter):
     """Verifies the agent as the Consul CLI does, which requests cannot be told
     per session: the CAs of trust() only, and the name to check the
-    agent's certificate against when it is not the address's host."""
+    agent's certificate against when it is not the address's host.  Bounded
+    in time and size as every call to the agent is (transport.py); a TLS
+    handshake that trickles is cut at the same deadline."""
 
-    def __init__(self, context: ssl.SSLContext, server_name: str | None) -> None:
+    def __init__(self, context: ssl.SSLContext, server_name: str | None, timeout: float) -> None:
         self._context = context
         self._server_name = server_name
-        super().__init__()
+        super().__init__(timeout)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["ssl_context"] = self._context

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import health
-from .config import ServiceSpec
-from .health import CRITICAL, KEEP, Health, ProcessStatus, Wanted
+from . import claim, durations, health
+from .config import Configuration, ServiceSpec
+from .health import CRITICAL, KEEP, PASSING, Health, ProcessStatus, Wanted
 
 ID_PREFIX = "supervisord"
 OWNER_META = "supervisor-consul-owner"
@@ -22,6 +23,9 @@ SPEC_META = "supervisor-consul-spec"
 FINGERPRINT_VERSION = "1"  # bump when the meaning of a registration changes
 MAINTENANCE_PREFIX = "_service_maintenance:"  # Consul's, for a service's maintenance check
 HEARTBEATS_PER_TTL = 3  # a heartbeat every ttl/3: two can be lost before the check expires
+# A failing check's note can churn (a crash loop's count, exit statuses): a new note
+# with the same status waits this long after the last write.  Status changes never wait.
+NOTE_EVERY = 1.0
 
 
 def owner_id(host: str, configfile: str, identifier: str) -> str:
@@ -30,8 +34,31 @@ def owner_id(host: str, configfile: str, identifier: str) -> str:
     return digest[:12]
 
 
+def owner_of(host: str, configuration: Configuration) -> str:
+    """The owner id of the supervisord a configuration is read for.  The path is
+    taken as given, symlinks kept: a release switch (`current.conf` pointed at
+    another release) is the same supervisord, not a new one."""
+    return owner_id(host, os.path.normpath(configuration.configfile), configuration.identifier)
+
+
+def legacy_owner_of(host: str, configuration: Configuration) -> str:
+    """The owner id earlier builds gave the same supervisord (the path with its
+    symlinks resolved): its instances are ours to replace."""
+    return owner_id(host, os.path.realpath(configuration.configfile), configuration.identifier)
+
+
 def service_id(owner: str, namespec: str) -> str:
     return f"{ID_PREFIX}:{owner}:{namespec}"
+
+
+def claim_id(owner: str) -> str:
+    """The claim of an owner id (see claim.py): outside `service_id`'s range, so
+    never taken for one of the instances."""
+    return f"{ID_PREFIX}:{owner}"
+
+
+def claim_check_id(owner: str) -> str:
+    return f"{claim_id(owner)}:alive"
 
 
 def ttl_check_id(service_id: str) -> str:
@@ -91,7 +118,9 @@ class Registration:
         }
 
 
-def registration(spec: ServiceSpec, owner: str, host: str) -> Registration:
+def registration(spec: ServiceSpec, owner: str, host: str, claimed: bool = False) -> Registration:
+    """`claimed`: this listener holds its owner's claim, so an instance with no
+    check of its own can vouch for its liveness with an alias of it."""
     sid = service_id(owner, spec.namespec)
     meta = (*spec.meta,
             ("external-source", "supervisord"),
@@ -112,12 +141,42 @@ def registration(spec: ServiceSpec, owner: str, host: str) -> Registration:
         checks.append((("CheckID", f"{sid}:{kind}"), ("Name", f"{kind} {spec.check.target}"),
                        ("HTTP" if kind == "http" else "TCP", spec.check.target),
                        ("Interval", spec.check.interval), ("Timeout", spec.check.timeout)))
+    if not spec.ttl_check and claimed:
+        # Critical once the claim's heartbeat stops, and reaped after deregister_after, as a TTL check would be.
+        alias = {"CheckID": f"{sid}:supervisord", "Name": f"supervisord and its listener ({owner})",
+                 "AliasService": claim_id(owner)}
+        if spec.deregister_after is not None:
+            alias["DeregisterCriticalServiceAfter"] = spec.deregister_after
+        checks.append(tuple(alias.items()))
     fields = dict(service_id=sid, name=spec.name, port=spec.port, address=spec.address,
                   tags=spec.tags, meta=meta, checks=tuple(checks), ttl_check_id=process_check,
                   ttl_seconds=spec.ttl_seconds if spec.ttl_check else 0.0)
+    return Registration(**fields, fingerprint=_fingerprint(fields))
+
+
+def _fingerprint(fields: dict[str, Any]) -> str:
     encoded = json.dumps({k: v for k, v in fields.items() if k != "ttl_seconds"}, sort_keys=True)
-    fingerprint = hashlib.sha256(f"{FINGERPRINT_VERSION}\0{encoded}".encode()).hexdigest()[:16]
-    return Registration(**fields, fingerprint=fingerprint)
+    return hashlib.sha256(f"{FINGERPRINT_VERSION}\0{encoded}".encode()).hexdigest()[:16]
+
+
+def claim_registration(owner: str, host: str, configuration: Configuration, incarnation: claim.Incarnation,
+                       ttl: str, deregister_after: str | None) -> Registration:
+    """The claim of an owner id: an instance of the service `supervisord`, which
+    `check = none` instances alias.  Its deregister_after comes after theirs,
+    since an alias of a service that is gone turns passing again for a while."""
+    cid = claim_id(owner)
+    meta = (("external-source", "supervisord"), (OWNER_META, owner), ("supervisord-host", host),
+            ("supervisord-config", os.path.normpath(configuration.configfile)),
+            ("supervisord-identifier", configuration.identifier),
+            ("supervisord-pid", str(incarnation.pid)), (claim.INCARNATION_META, incarnation.encode()))
+    ttl_check = {"CheckID": claim_check_id(owner), "Name": f"supervisord pid {incarnation.pid} and its listener",
+                 "TTL": ttl}
+    if deregister_after is not None:
+        ttl_check["DeregisterCriticalServiceAfter"] = deregister_after
+    fields = dict(service_id=cid, name=claim.SERVICE, port=0, address="", tags=(), meta=meta,
+                  checks=(tuple(ttl_check.items()),), ttl_check_id=claim_check_id(owner),
+                  ttl_seconds=durations.seconds(ttl))
+    return Registration(**fields, fingerprint=_fingerprint(fields))
 
 
 @dataclass(frozen=True)
@@ -128,7 +187,7 @@ class Desired:
 
     @classmethod
     def of(cls, registration: Registration, status: ProcessStatus, spec: ServiceSpec, now: float) -> Desired:
-        return cls(registration, health.wanted(status, spec, now), health.in_maintenance(status, spec))
+        return cls(registration, health.wanted(status, spec, now), health.in_maintenance(status, spec, now))
 
     def shown(self, in_maintenance: bool) -> Wanted:
         return self.maintained if in_maintenance else self.wanted
@@ -228,7 +287,10 @@ def _same_registration(registration: Registration, have: Actual) -> bool:
 
 def _heartbeat(registration: Registration, have: Actual, health: Health, now: float) -> list[Operation]:
     assert registration.ttl_check_id is not None
-    stale = now - have.updated_at >= registration.ttl_seconds / HEARTBEATS_PER_TTL
-    if stale or (have.status, have.output) != (health.status, health.note):
+    written = now - have.updated_at
+    stale = written >= registration.ttl_seconds / HEARTBEATS_PER_TTL
+    # A passing check's note is its pid, new only with a restart: not worth a wait.
+    note_due = have.output != health.note and (health.status == PASSING or written >= NOTE_EVERY)
+    if stale or have.status != health.status or note_due:
         return [UpdateTTL(registration.service_id, registration.ttl_check_id, health, registration.name)]
     return []

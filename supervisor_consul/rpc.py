@@ -7,6 +7,7 @@ them) or else from the server section of the configuration.
 
 from __future__ import annotations
 
+import getpass
 import http.client
 import logging
 import os
@@ -14,7 +15,7 @@ import socket
 import threading
 import xmlrpc.client
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 from xml.parsers.expat import ExpatError
 
 from supervisor import childutils
@@ -27,6 +28,10 @@ TIMEOUT = 10.0  # seconds; supervisord answers at once unless it is wedged
 _DEFAULT_TIMEOUT = threading.Lock()
 
 log = logging.getLogger("supervisor_consul")
+
+
+# Who asks supervisord: what to fix differs (the listener's stanza, or the shell it was run from).
+Asker = Literal["listener", "command"]
 
 
 class SupervisorError(Exception):
@@ -54,11 +59,19 @@ def _server(configuration: Configuration) -> dict[str, Any] | None:
     return configs[0] if configs else None
 
 
+def for_configuration(configuration: Configuration, asker: Asker, env: Mapping[str, str] = os.environ) -> Supervisor:
+    """The supervisord a configuration describes, with the credentials it holds."""
+    password = (_server(configuration) or {}).get("password") or ""
+    return Supervisor(rpc_environment(configuration, env), asker, sha_password=password.startswith("{SHA}"))
+
+
 class Supervisor:
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], asker: Asker = "listener", sha_password: bool = False) -> None:
         self.url = env.get("SUPERVISOR_SERVER_URL", "")
         self.has_credentials = bool(env.get("SUPERVISOR_USERNAME"))
         self._env = dict(env)
+        self._asker = asker
+        self._sha_password = sha_password  # the configuration's password cannot be sent: it is a hash
 
     def all_process_info(self) -> list[dict[str, Any]]:
         return self._call("getAllProcessInfo")
@@ -97,18 +110,42 @@ class Supervisor:
             proxy = childutils.getRPCInterface(self._env)
             return getattr(proxy.supervisor, method)(*args)
         except xmlrpc.client.ProtocolError as exc:
-            hint = ""
-            if exc.errcode == 401:
-                hint = ("; set SUPERVISOR_USERNAME and SUPERVISOR_PASSWORD in the listener's environment="
-                        if not self.has_credentials else "; check SUPERVISOR_USERNAME/SUPERVISOR_PASSWORD")
+            hint = f"; {self._credentials_hint()}" if exc.errcode == 401 else ""
             raise SupervisorError(f"supervisord at {self.url} refused {method}: {exc.errcode} {exc.errmsg}{hint}") from exc
         except xmlrpc.client.Fault as exc:
             raise SupervisorError(f"supervisord at {self.url} answered {method}: {exc.faultString}") from exc
         except (OSError, ValueError, http.client.HTTPException, ExpatError) as exc:
+            hint = f"; {self._permission_hint()}" if isinstance(exc, PermissionError) else ""
             raise SupervisorError(f"supervisord at {self.url} cannot be reached for {method}: "
-                                  f"{type(exc).__name__}: {exc}") from exc
+                                  f"{type(exc).__name__}: {exc}{hint}") from exc
         finally:
             socket.setdefaulttimeout(previous)
+
+
+    def _credentials_hint(self) -> str:
+        if self.has_credentials:
+            return "check SUPERVISOR_USERNAME/SUPERVISOR_PASSWORD"
+        why = ("the configuration stores the password as {SHA}..., which cannot be sent, so "
+               if self._sha_password else "")
+        if self._asker == "listener":
+            return (f"{why}set SUPERVISOR_USERNAME and SUPERVISOR_PASSWORD in "
+                    f"[eventlistener:{_listener_name()}] environment=")
+        return (f"{why}run this with SUPERVISOR_USERNAME and SUPERVISOR_PASSWORD set, or use "
+                f"`supervisorctl consul ...`, which asks with supervisorctl's own credentials")
+
+    def _permission_hint(self) -> str:
+        where = self.url.removeprefix("unix://")
+        if self._asker == "listener":
+            return (f"the listener runs as {getpass.getuser()}, who may not open {where}: run it as "
+                    f"supervisord's user (no user= in [eventlistener:{_listener_name()}]) or let that user in "
+                    f"with [unix_http_server] chmod=/chown=")
+        return (f"{getpass.getuser()} may not open {where}: run this as supervisord's user, or let this user "
+                f"in with [unix_http_server] chmod=/chown=")
+
+
+def _listener_name() -> str:
+    # supervisord tells each child its own group name.
+    return os.environ.get("SUPERVISOR_GROUP_NAME") or "consul"
 
 
 class Waker:

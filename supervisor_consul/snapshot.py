@@ -8,7 +8,6 @@ connection, with its credentials).
 
 from __future__ import annotations
 
-import os
 import platform
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,7 +16,8 @@ from . import config, plan
 from .agent import Agent, ConsulError
 from .config import Configuration
 from .connection import Connection
-from .rpc import Supervisor, SupervisorError, rpc_environment
+from . import rpc
+from .rpc import SupervisorError
 
 Owned = dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]  # service ID -> (service, its checks)
 
@@ -50,8 +50,8 @@ def take(configfile: str, conn: Connection, supervisor: Processes | None = None)
     if not configuration.readable:
         raise Unavailable(str(configuration.problems[0]))
     host = platform.node()
-    owner = plan.owner_id(host, os.path.realpath(configuration.configfile), configuration.identifier)
-    supervisor = supervisor or Supervisor(rpc_environment(configuration))
+    owner = plan.owner_of(host, configuration)
+    supervisor = supervisor or rpc.for_configuration(configuration, "command")
     agent = Agent(conn)
     try:
         infos = supervisor.all_process_info()

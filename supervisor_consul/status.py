@@ -16,6 +16,7 @@ from supervisor.options import make_namespec
 
 from . import health, plan
 from .config import ServiceSpec
+from .logtext import escaped
 from .snapshot import Snapshot
 
 
@@ -73,9 +74,17 @@ def _drift(registration: plan.Registration, have: tuple[dict[str, Any], list[dic
     if (service.get("Meta") or {}).get(plan.SPEC_META) != registration.fingerprint:
         return "registered with another definition (the configuration changed)"
     ttl = next((c for c in checks if c.get("CheckID") == registration.ttl_check_id), None)
+    if ttl is not None and _crash_loop(ttl):
+        # The listener counts a loop's exits, which one reading of supervisord cannot:
+        # critical until it has stayed up FLAP_HOLD is in step by its rule.
+        return ""
     if registration.ttl_check_id and (ttl is None or ttl.get("Status") != want.status):
         return f"process check is {ttl.get('Status') if ttl else 'missing'}, should be {want.status}"
     return ""
+
+
+def _crash_loop(check: dict[str, Any]) -> bool:
+    return check.get("Status") == health.CRITICAL and (check.get("Output") or "").startswith(health.FLAPPING_NOTE)
 
 
 def _row(namespec: str, state: str, registration: plan.Registration,
@@ -116,8 +125,9 @@ def text(rows: list[Instance]) -> list[str]:
     for r in rows:
         mark = (f"  MAINTENANCE: {r.maintenance}" if r.maintenance is not None else "") + \
             (f"  DRIFT: {r.drift}" if r.drift else "")
-        lines.append(f"{r.namespec:<{width}}  {r.state:<9} {r.service}  {r.service_id}  {r.address}{mark}")
-        lines.extend(f"{'':<{width}}    {c.status:<8} {c.name}: {_one_line(c.note)}" for c in r.checks)
+        lines.append(escaped(f"{r.namespec:<{width}}  {r.state:<9} {r.service}  {r.service_id}  {r.address}{mark}"))
+        # A check's note is what the checked program answered: never raw to a terminal.
+        lines.extend(escaped(f"{'':<{width}}    {c.status:<8} {c.name}: {_one_line(c.note)}") for c in r.checks)
     return lines
 
 

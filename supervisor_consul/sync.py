@@ -18,16 +18,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from supervisor.options import make_namespec
 
-from . import config, health, plan
+from . import claim, config, durations, health, holder, plan
 from .agent import Agent, ConsulError
 from .config import Configuration, ServiceSpec
 from .events import GroupsChanged, Hint, ProcessStateChange, SupervisorStateChange
 from .health import ProcessStatus
+from .holder import Holder
 from .plan import Actual, Deregister, Desired, Operation, Register, Registration, UpdateTTL
-from .rpc import Supervisor, SupervisorError, Waker, rpc_environment
+from .rpc import Supervisor, SupervisorError, Waker, for_configuration
 
 RECONCILE_EVERY = 60.0
 # The agent is local and reading it is cheap: probe often, so an agent that
@@ -36,6 +38,8 @@ BACKOFF_FIRST, BACKOFF_MAX = 1.0, 5.0
 REFUSED_RETRY = 30.0  # an operation the agent refuses (403, 400) is retried this often
 MAX_PENDING_HINTS = 100_000  # past this, hints are dropped for one reconcile
 IDLE_WAKEUP = 1.0  # heartbeats are due at most this late
+CLAIM_REAPED_AFTER_INSTANCES = 60  # seconds: Consul's reaper runs every 30 s
+MAINTENANCE_POLL = 5.0  # how often to look for a lifted maintenance on instances without a TTL check
 WAKE_MARGIN = 0.0005  # seconds past startsecs before waking supervisord: float rounding (see _expect_running)
 
 log = logging.getLogger("supervisor_consul")
@@ -96,6 +100,10 @@ class Inbox:
             return batch
 
 
+class NotReady(Exception):
+    """The listener cannot start: one line saying what to fix."""
+
+
 class Conditions:
     """Logs a condition once when it starts or changes, and once when it clears."""
 
@@ -116,9 +124,10 @@ class Conditions:
 class Sync:
     def __init__(self, agent: Agent, configfile: str, host: str, inbox: Inbox,
                  read_config: Callable[[str], Configuration] = config.read,
-                 supervisor_factory: Callable[[Configuration], Supervisor] = lambda c: Supervisor(rpc_environment(c)),
+                 supervisor_factory: Callable[[Configuration], Supervisor] = lambda c: for_configuration(c, "listener"),
                  wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
-                 waker: Callable[[Supervisor], None] | None = None) -> None:
+                 waker: Callable[[Supervisor], None] | None = None,
+                 incarnation: claim.Incarnation | None = None) -> None:
         self.agent = agent
         self.configfile = configfile
         self.host = host
@@ -142,7 +151,12 @@ class Sync:
         self._retry_at: dict[str, float] = {}  # service ID -> when to retry a refused operation
         self._heartbeat_every = IDLE_WAKEUP  # the shortest ttl/3 of any registration
         self._wake_at: dict[str, float] = {}  # namespec -> when supervisord should find it RUNNING
+        self._maintenance_read_at = 0.0  # monotonic time the agent's maintenance checks were last read
         self._waker = waker or Waker()
+        self._legacy_owners: tuple[str, ...] = ()  # ids earlier versions gave this supervisord
+        # The listener's parent is the supervisord it serves.
+        keeper = claim.Keeper(incarnation or claim.incarnation_of(os.getppid()), durations.seconds(holder.TTL))
+        self.holder = Holder(agent, keeper, self.conditions.report, self.conditions.clear, wall)
 
     # -- the loop -----------------------------------------------------------
 
@@ -160,8 +174,12 @@ class Sync:
 
     def _round(self, batch: Batch) -> None:
         wants_reconcile = batch.reconcile
-        if batch.retry_refused:
+        # A rotated token file is seen within a round; HUP reads it whatever its mtime says.
+        token_changed = self.agent.refresh_token(force=batch.retry_refused)
+        if batch.retry_refused or token_changed:
             self._retry_at.clear()
+            self.holder.retry_now()
+            wants_reconcile |= token_changed
         exited: set[str] = set()
         for hint in batch.hints:
             wants_reconcile |= self._fold(hint, exited)
@@ -254,6 +272,11 @@ class Sync:
         now = self._wall()
         self.statuses = {namespec: ProcessStatus("STOPPED", since=now) for namespec in self.statuses}
         self.converge()
+        if self.actual == {}:  # every instance gone: the claim may go too
+            try:
+                self.holder.release()
+            except ConsulError as exc:
+                log.warning("%s; its TTL check expires instead", exc)
 
     def _with_exitstatus(self, namespec: str, status: ProcessStatus) -> ProcessStatus:
         # EXITED events carry no exit status (supervisor #1150); ask for it.
@@ -265,6 +288,22 @@ class Sync:
         spec = self.configuration.services.get(namespec) if self.configuration else None
         return health.with_exitstatus(status, info, spec)
 
+    def prepare(self) -> None:
+        """The first reading of the configuration and of supervisord, before any
+        event is taken.  A listener that can see neither would only half work:
+        from events alone it leaves instances behind at shutdown, and after a
+        restart lets the TTLs of processes it never heard of expire.  So it
+        refuses to start instead (NotReady: one line saying what to fix)."""
+        configuration = self._read_config(self.configfile)
+        if not configuration.readable:
+            raise NotReady(f"{configuration.problems[0]}; the listener needs to read it")
+        self._take_configuration(configuration)
+        assert self.supervisor is not None
+        try:
+            self._take_process_infos(self.supervisor.all_process_info())
+        except SupervisorError as exc:
+            raise NotReady(f"{exc}; the listener needs supervisord's XML-RPC to see what it runs") from exc
+
     def _load_configuration(self) -> None:
         configuration = self._read_config(self.configfile)
         if not configuration.readable:
@@ -272,6 +311,9 @@ class Sync:
                                    if self.configuration else str(configuration.problems[0]), logging.ERROR)
             return
         self.conditions.clear("config", f"{self.configfile} reads again")
+        self._take_configuration(configuration)
+
+    def _take_configuration(self, configuration: Configuration) -> None:
         new_problems = set(configuration.problems)
         for problem in configuration.problems:
             if problem not in self._logged_problems:
@@ -280,26 +322,38 @@ class Sync:
             log.info("%s: every [consul:*] section is valid now", self.configfile)
         self._logged_problems = new_problems
         if self.configuration is None:
-            self.owner = plan.owner_id(self.host, os.path.realpath(configuration.configfile),
-                                       configuration.identifier)
+            self.owner = plan.owner_of(self.host, configuration)
+            legacy = plan.legacy_owner_of(self.host, configuration)
+            self._legacy_owners = (legacy,) if legacy != self.owner else ()
             log.info("reading %s: %d processes to register; owner id %s", configuration.configfile,
                      len(configuration.services), self.owner)
         self.configuration = configuration
         self.supervisor = self._supervisor_factory(configuration)
-        self.registrations = {ns: plan.registration(spec, self.owner, self.host)
-                              for ns, spec in configuration.services.items()}
+        self.holder.configure(self.owner, self.host, configuration, _claim_deregister_after(configuration))
+        self._build_registrations()
+
+    def _build_registrations(self) -> None:
+        assert self.configuration is not None
+        self._built_claimed = self.holder.claimed
+        self.registrations = {ns: plan.registration(spec, self.owner, self.host, self._built_claimed)
+                              for ns, spec in self.configuration.services.items()}
         self._heartbeat_every = min([IDLE_WAKEUP, *(r.ttl_seconds / plan.HEARTBEATS_PER_TTL
                                                     for r in self.registrations.values() if r.ttl_check_id)])
 
     def _read_supervisor(self) -> None:
-        assert self.supervisor is not None and self.configuration is not None
+        assert self.supervisor is not None
         try:
             infos = self.supervisor.all_process_info()
         except SupervisorError as exc:
+            # Keep what we know and its heartbeats: a process we cannot see is not a dead one.
             self.complete = False
-            self.conditions.report("supervisord", f"{exc}; registering from events only, removing nothing")
+            self.conditions.report("supervisord", f"{exc}; keeping what it said last, removing nothing, retrying")
             return
         self.conditions.clear("supervisord", f"supervisord at {self.supervisor.url} answers again")
+        self._take_process_infos(infos)
+
+    def _take_process_infos(self, infos: list[dict[str, Any]]) -> None:
+        assert self.configuration is not None
         services = self.configuration.services
         previous = self.statuses
         self.statuses = {}
@@ -333,7 +387,7 @@ class Sync:
             return False
         self._read_supervisor()
         try:
-            fresh = self.agent.read_owned(self.owner)
+            fresh = self.agent.read_owned(self.owner, *self._legacy_owners)
         except ConsulError as exc:
             self._agent_failed(exc)
             return False
@@ -358,6 +412,19 @@ class Sync:
         if self.actual is None or self.configuration is None:
             return 0
         now = self._monotonic()
+        try:
+            may_act = self.holder.may_act(now, len(self.actual), force=fresh)
+        except ConsulError as exc:
+            self._agent_failed(exc)
+            return 0
+        if self.holder.claimed != self._built_claimed:
+            self._build_registrations()  # check = none instances alias the claim only while we hold it
+        if not may_act:
+            return 0
+        if fresh:
+            self._maintenance_read_at = now
+        elif self._maintenance_due(now) and not self._read_maintenance():
+            return 0
         applied = 0
         desired = self.desired()
         operations = plan.plan(desired, self.actual, now, self.complete)
@@ -380,8 +447,22 @@ class Sync:
                 self._operation_failed(operation, exc)
         return applied
 
+    def _maintenance_due(self, now: float) -> bool:
+        """Anyone may lift a maintenance (`consul maint -disable`, the UI) without
+        telling us: while one of ours is in maintenance, look again every
+        heartbeat period of those instances, so that a process stopped meanwhile
+        leaves DNS within one period of the maintenance ending."""
+        assert self.actual is not None
+        maintained = {sid for sid, have in self.actual.items() if have.maintenance is not None}
+        if not maintained:
+            return False
+        periods = [r.ttl_seconds / plan.HEARTBEATS_PER_TTL for r in self.registrations.values()
+                   if r.service_id in maintained and r.ttl_check_id]
+        return now - self._maintenance_read_at >= min(periods, default=MAINTENANCE_POLL)
+
     def _read_maintenance(self) -> bool:
         assert self.actual is not None
+        self._maintenance_read_at = self._monotonic()
         try:
             reasons = self.agent.in_maintenance(self.owner)
         except ConsulError as exc:
@@ -437,6 +518,14 @@ class Sync:
     def _schedule_retry(self) -> None:
         self._reconcile_at = self._monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+
+
+def _claim_deregister_after(configuration: Configuration) -> str | None:
+    """After every instance's own: none if any instance is never reaped (`off`)."""
+    limits = [spec.deregister_after_seconds for spec in configuration.services.values()]
+    if any(limit is None for limit in limits):
+        return None
+    return f"{int(max(limits, default=0) + CLAIM_REAPED_AFTER_INSTANCES)}s"
 
 
 def _namespec(registration: Registration) -> str:

@@ -26,14 +26,14 @@ def consul_agent(tmp_path_factory):
 
 @pytest.fixture
 def supervisord_factory(tmp_path):
-    """make(config_text) -> a started Supervisord in its own dir under tmp_path.
+    """make(config_text, env=None, **Supervisord options) -> a started Supervisord in its own dir under tmp_path.
 
     Every one created is cleaned up at teardown, even if the test failed.
     """
     created: list[Supervisord] = []
 
-    def make(config_text: str, env: dict | None = None) -> Supervisord:
-        sv = Supervisord(tmp_path / f"sv{len(created)}", config_text)
+    def make(config_text: str, env: dict | None = None, **options) -> Supervisord:
+        sv = Supervisord(tmp_path / f"sv{len(created)}", config_text, **options)
         created.append(sv)
         sv.start(env=env)
         return sv

@@ -12,14 +12,17 @@ import time
 from supervisor.options import make_namespec
 
 from supervisor_consul import plan
+from supervisor_consul.config import Configuration
 from tests.harness import ConsulAgent, Supervisord
 
 LISTENER = "consul"  # the [eventlistener:consul] in every test config
 TRANSIENT = ("STARTING", "BACKOFF", "STOPPING", "UNKNOWN")
 
 
-def owner_of(sv: Supervisord, identifier: str = "supervisor") -> str:
-    return plan.owner_id(platform.node(), os.path.realpath(sv.conf), identifier)
+def owner_of(sv: Supervisord, identifier: str = "supervisor", configfile: str | None = None) -> str:
+    """The owner id sv's listener gives itself: from the -c path as supervisord has it
+    (configfile, where it differs from sv.conf, as in another mount namespace)."""
+    return plan.owner_of(platform.node(), Configuration(configfile or str(sv.conf), identifier=identifier))
 
 
 def _expected(statename: str) -> str | None:
@@ -27,15 +30,17 @@ def _expected(statename: str) -> str | None:
     return {"RUNNING": "passing", "EXITED": "critical"}.get(statename)
 
 
-def drift(agent: ConsulAgent, sv: Supervisord) -> list[str]:
+def drift(agent: ConsulAgent, sv: Supervisord, owner: str | None = None) -> list[str]:
     """Every way Consul's view of sv's instances differs from supervisord's; [] is in step.
 
     A process in a transient state counts as drift too: the comparison is
     only made once supervisord itself has settled.
     """
-    prefix = f"{plan.ID_PREFIX}:{owner_of(sv)}:"
+    prefix = f"{plan.ID_PREFIX}:{owner or owner_of(sv)}:"
     checks = agent.checks()
-    actual = {sid[len(prefix):]: (checks.get(plan.ttl_check_id(sid)) or {}).get("Status", "no process check")
+    # A `check = none` instance shows its liveness (the alias of the claim) instead.
+    actual = {sid[len(prefix):]: (checks.get(plan.ttl_check_id(sid)) or checks.get(f"{sid}:supervisord")
+                                  or {}).get("Status", "no process check")
               for sid in agent.services() if sid.startswith(prefix)}
     problems = []
     for info in sv.rpc().supervisor.getAllProcessInfo():
@@ -53,13 +58,13 @@ def drift(agent: ConsulAgent, sv: Supervisord) -> list[str]:
     return problems
 
 
-def converge(agent: ConsulAgent, sv: Supervisord, timeout: float = 60.0) -> float:
+def converge(agent: ConsulAgent, sv: Supervisord, timeout: float = 60.0, owner: str | None = None) -> float:
     """Seconds until there is no drift; AssertionError with the drift left at the deadline."""
     start = time.monotonic()
     left: list[str] = []
     while time.monotonic() - start < timeout:
         try:
-            left = drift(agent, sv)
+            left = drift(agent, sv, owner)
         except Exception as exc:  # noqa: BLE001 - an agent still starting is "not yet"
             left = [repr(exc)]
         if not left:

@@ -5,6 +5,7 @@ Every process started here is tracked by pid and stopped by pid.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import pathlib
@@ -420,7 +421,12 @@ class ConsulAgent:
 class Supervisord:
     """A real supervisord (from this Python's environment) in its own directory."""
 
-    def __init__(self, workdir: pathlib.Path, config_text: str) -> None:
+    def __init__(self, workdir: pathlib.Path, config_text: str, auth: tuple[str, str] | None = None,
+                 server: str = "") -> None:
+        """auth: (username, password) for the XML-RPC server, kept there as {SHA} as an operator
+        would; supervisorctl and the test's own rpc() get them in plain text.  server: more
+        [unix_http_server] lines (chmod=...)."""
+        self.auth = auth
         self.workdir = pathlib.Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
@@ -444,12 +450,15 @@ class Supervisord:
             "\n"
             "[unix_http_server]\n"
             f"file={self.sock}\n"
+            + (f"username={auth[0]}\npassword={{SHA}}{hashlib.sha1(auth[1].encode()).hexdigest()}\n" if auth else "")
+            + (server + "\n" if server else "") +
             "\n"
             "[rpcinterface:supervisor]\n"
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"
             "\n"
             "[supervisorctl]\n"
             f"serverurl=unix://{self.sock}\n"
+            + (f"username={auth[0]}\npassword={auth[1]}\n" if auth else "") +
             "\n"
         )
         self.conf.write_text(header + config_text)
@@ -472,8 +481,7 @@ class Supervisord:
         full_env = _with_nc_on_path(full_env)
         self._out = open(self.outfile, "ab")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)],
-            env=full_env, cwd=str(self.workdir), stdin=subprocess.DEVNULL,
+            self.command(), env=full_env, cwd=str(self.workdir), stdin=subprocess.DEVNULL,
             stdout=self._out, stderr=subprocess.STDOUT)
 
         try:
@@ -484,9 +492,14 @@ class Supervisord:
             self.cleanup()
             raise
 
+    def command(self) -> list[str]:
+        """How supervisord is started (a test may start it otherwise, as another user would)."""
+        return [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)]
+
     def rpc(self) -> xmlrpc.client.ServerProxy:
         from supervisor.xmlrpc import SupervisorTransport
-        transport = SupervisorTransport(None, None, serverurl=f"unix://{self.sock}")
+        username, password = self.auth or (None, None)
+        transport = SupervisorTransport(username, password, serverurl=f"unix://{self.sock}")
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess:

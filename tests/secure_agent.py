@@ -165,6 +165,9 @@ class SecureAgent(ConsulAgent):
     def set_token_policies(self, accessor_id: str, *policies: str) -> None:
         self._request("PUT", f"/v1/acl/token/{accessor_id}", {"Policies": [{"Name": p} for p in policies]})
 
+    def delete_token(self, accessor_id: str) -> None:
+        self._request("DELETE", f"/v1/acl/token/{accessor_id}")
+
     # -- what the agent saw --------------------------------------------------
 
     def log_text(self) -> str:

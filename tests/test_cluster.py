@@ -121,7 +121,9 @@ def test_every_agent_finds_both_hosts_and_a_dead_supervisord_takes_only_its_own(
               for host in hosts}
     assert all(len(o) == 1 for o in owners.values()) and owners["host-a"] != owners["host-b"]
     for host, agent in cluster.clients.items():
-        assert sorted(service["Port"] for service in agent.services().values()) == web_ports, host
+        assert sorted(service["Port"] for service in agent.services().values()
+                      if service["Service"] == SERVICE) == web_ports, host
+        assert [service["Service"] for service in agent.services().values()].count("supervisord") == 1  # the claim
 
     # Through EVERY agent's DNS, servers and clients: both hosts' instances, at each host's address.
     both = {"host-a": web_ports, "host-b": web_ports}

@@ -227,13 +227,20 @@ def test_every_problem_of_every_section_is_listed_and_only_those_programs_left_o
 # -- the rest of the documented rules ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("line", ["ttl=30s", "deregister_after=1m", "deregister_after=off", "on_fatal=critical",
-                                  "interval=5s", "timeout=1s"])
+@pytest.mark.parametrize("line", ["ttl=30s", "on_fatal=critical", "interval=5s", "timeout=1s"])
 def test_keys_that_need_a_check_are_problems_beside_check_none(tmp_path, line):
     path = write_config(tmp_path, {"web": f"check=none\n{line}"})
     key, value = line.split("=")
     [problem] = config.read(path).problems
     assert (problem.file, problem.section, problem.key, problem.value) == (path, "consul:web", key, value)
+
+
+@pytest.mark.parametrize("value, kept", [("1m", "1m"), ("off", None)])
+def test_deregister_after_beside_check_none_is_the_liveness_checks(tmp_path, value, kept):
+    path = write_config(tmp_path, {"web": f"check=none\nderegister_after={value}"})
+    configuration = config.read(path)
+    assert configuration.problems == ()
+    assert configuration.services["web"].deregister_after == kept
 
 
 def test_too_many_meta_entries_names_the_first_one_over(tmp_path):

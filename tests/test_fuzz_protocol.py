@@ -51,7 +51,7 @@ from supervisor_consul.events import GroupsChanged, ProcessStateChange, Supervis
 from supervisor_consul.listener import Listener
 from supervisor_consul.protocol import MalformedHeader, OversizedEvent, parse_header, read_event
 from supervisor_consul.sync import Inbox
-from tests.harness import free_port, listener, wait_for
+from tests.harness import Supervisord, free_port, listener, wait_for
 from tests.test_integration import instances, listener_log, status_of, unique, wait_passing
 
 # Reproducible in CI: no example database, the same examples on every run.
@@ -496,7 +496,7 @@ logfile=%(here)s/supervisord.log
 pidfile=%(here)s/supervisord.pid
 
 [unix_http_server]
-file=%(here)s/nobody-listens.sock
+file={socket}
 
 [rpcinterface:supervisor]
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
@@ -509,16 +509,27 @@ port=8080
 """
 
 
+@pytest.fixture(scope="module")
+def running_supervisord(tmp_path_factory):
+    """A real supervisord whose XML-RPC the listener reads at start; nothing else of it is used."""
+    sv = Supervisord(tmp_path_factory.mktemp("supervisord"), "[program:web]\ncommand=/bin/sleep 1000\n")
+    sv.start()
+    try:
+        yield sv
+    finally:
+        sv.cleanup()
+
+
 @SUBPROCESS
 @given(st.lists(st.one_of(GARBAGE_LINE.map(str.encode), st.binary(min_size=1, max_size=30).map(lambda b: b + b"\n"),
                           well_formed().map(lambda s: (header(s.eventname, len(s.payload), 1, 1)
                                                        + s.payload).encode())),
                 min_size=1, max_size=8),
        st.sampled_from([b"", b"\xff\xfe partial line", header("TICK_5", 999_999_999, 9, 9).encode() + b"\xc3"]))
-def test_listen_command_on_a_garbage_stream(tmp_path_factory, chunks, ending):
+def test_listen_command_on_a_garbage_stream(tmp_path_factory, running_supervisord, chunks, ending):
     directory = tmp_path_factory.mktemp("listen")
     conf = directory / "supervisord.conf"
-    conf.write_text(MINIMAL_CONF)
+    conf.write_text(MINIMAL_CONF.replace("{socket}", str(running_supervisord.sock)))
     data = b"".join(chunks) + ending
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_", "SUPERVISOR_"))}
     result = subprocess.run(

@@ -313,9 +313,11 @@ interval=1s
     notes = [c["Output"] for c in consul_agent.checks().values()
              if c["ServiceName"] == doomed and c["CheckID"].endswith(":process")]
     assert notes == ["FATAL: supervisord gave up starting it"]
-    # check = none: registered with no check while RUNNING, gone when stopped.
+    # check = none: registered while RUNNING with no check of its own, only its liveness (the
+    # alias of its supervisord's claim), and gone when stopped.
     [entry] = wait_for(lambda: instances(consul_agent, plain), message="plain registered")
-    assert [c for c in entry["Checks"] if c["ServiceID"]] == []
+    assert [(c["CheckID"].rsplit(":", 1)[-1], c["Status"]) for c in entry["Checks"] if c["ServiceID"]] == \
+        [("supervisord", "passing")]
     sv.ctl("stop", "plain")
     wait_for(lambda: instances(consul_agent, plain) == [], message="plain deregistered")
     # A TCP check runs beside the process-state check, and passes.

@@ -7,11 +7,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+
+import pytest
 
 from supervisor_consul import health, maintenance, plan
 from supervisor_consul.config import ServiceSpec, runs_listener
 from supervisor_consul.health import KEEP, WARNING, Health, ProcessStatus
-from tests.harness import listener, run_cli, wait_for
+from tests.faults import converge
+from tests.harness import consul_binary, listener, run_cli, wait_for
 from tests.test_integration import process_check, start_sleeper, status_of, unique
 
 OWNER, HOST, NOW = "0123456789ab", "node1", 1_800_000_000.0
@@ -199,3 +203,32 @@ def test_the_reason_is_the_rest_of_the_supervisorctl_line():
     assert _words("maint web on --reason 'kernel update'") == ["maint", "web", "on", "--reason", "kernel update"]
     assert _words("maint web on --reason don't touch") == ["maint", "web", "on", "--reason", "don't touch"]
     assert _words("status --json") == ["status", "--json"]
+
+
+@pytest.mark.fault("18. maintenance lifted outside the listener")
+def test_a_maintenance_lifted_with_consul_maint_drops_a_stopped_process_from_dns(consul_agent, supervisord_factory,
+                                                                               converged):
+    """`consul maint` on, supervisorctl stop, `consul maint` off: the listener is told
+    nothing, yet the stopped process leaves DNS within one heartbeat period (ttl/3)."""
+    sv, name = start_sleeper(consul_agent, supervisord_factory, "web", "ttl=6s")
+    [entry] = consul_agent.health(name)
+    sid = entry["Service"]["ID"]
+
+    def consul_maint(*args: str) -> None:
+        cli = subprocess.run([consul_binary(), "maint", *args, f"-service={sid}",
+                              f"-http-addr={consul_agent.http_addr}"], capture_output=True, text=True, timeout=30)
+        assert cli.returncode == 0, cli.stdout + cli.stderr
+
+    consul_maint("-enable", "-reason=disk swap")
+    assert sv.ctl("stop", "web").returncode == 0
+    wait_for(lambda: process_check(consul_agent.health(name)[0])["Status"] == WARNING, timeout=15,
+             message="kept registered, warning, while in maintenance")
+    consul_maint("-disable")
+    lifted = time.monotonic()
+    wait_for(lambda: consul_agent.dns(f"{name}.service.consul") == [] and consul_agent.health(name) == [],
+             timeout=15, message="the stopped process out of DNS and the catalog")
+    took = time.monotonic() - lifted
+    assert took <= 6 / 3 + 1.5, f"{took:.1f} s: more than one heartbeat period (2 s) and some slack"
+    seconds = converge(consul_agent, sv)
+    converged(took + seconds, f"with ttl=6s: out of DNS {took:.1f} s after `consul maint -disable` "
+                              f"(heartbeat period 2 s)")

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import pytest
 
+from supervisor_consul import health
 from supervisor_consul.config import ConsulCheck, ServiceSpec
+from supervisor_consul.events import ProcessStateChange
 from supervisor_consul.health import CRITICAL, KEEP, PASSING, Health
 from supervisor_consul.plan import (
-    Actual, Deregister, Desired, Register, UpdateTTL, is_owned, owner_id, plan, registration,
+    NOTE_EVERY, Actual, Deregister, Desired, Register, UpdateTTL, is_owned, owner_id, plan, registration,
 )
 
 OWNER = "0123456789ab"
@@ -256,3 +258,83 @@ def test_passing_states_update_but_never_register():
     have = Actual(reg.service_id, reg.fingerprint, check_ids(reg), PASSING, "RUNNING pid 42", 0.0)
     assert plan(desired, {reg.service_id: have}, 0.0, complete=True) == [
         UpdateTTL(reg.service_id, reg.ttl_check_id, stopping)]
+
+
+# -- how often a check is written (issue 10: a crash loop) ----------------------------------------
+
+def test_a_failing_checks_new_note_waits_a_second_after_the_last_write():
+    reg = registration(spec(), OWNER, HOST)
+    loop = Health(CRITICAL, "restarting: 6 exits in 60 s; EXITED unexpectedly with exit status 1")
+    actual = {reg.service_id: actual_for(reg, status=CRITICAL, output="restarting: 5 exits in 60 s; …",
+                                         updated_at=100.0)}
+    assert plan(desired(reg, loop), actual, 100.0 + NOTE_EVERY - 0.01, complete=True) == []
+    assert plan(desired(reg, loop), actual, 100.0 + NOTE_EVERY, complete=True) == [
+        UpdateTTL(reg.service_id, reg.ttl_check_id, loop)]
+
+
+def test_a_status_change_never_waits():
+    reg = registration(spec(), OWNER, HOST)
+    for have, want in ((PASSING, FAIL), (CRITICAL, PASS)):
+        actual = {reg.service_id: actual_for(reg, status=have, output="x", updated_at=100.0)}
+        assert plan(desired(reg, want), actual, 100.0, complete=True) == [
+            UpdateTTL(reg.service_id, reg.ttl_check_id, want)]
+
+
+def test_desired_in_maintenance_sees_a_crash_loops_hold_end():
+    status, at = None, 0.0
+    for lap in range(health.FLAP_EXITS):
+        at = float(lap)
+        status = health.fold(status, ProcessStateChange("web:web_01", "EXITED", "RUNNING", lap, False), at)
+        status = health.fold(status, ProcessStateChange("web:web_01", "RUNNING", "STARTING", lap + 1), at + 0.5)
+    reg = registration(spec(), OWNER, HOST)
+    assert Desired.of(reg, status, spec(), at + 0.5).maintained.status == health.WARNING
+    assert Desired.of(reg, status, spec(), at + 0.5 + health.FLAP_HOLD).maintained.status == PASSING
+
+
+def simulate(laps: int, every: float, spec_: ServiceSpec) -> tuple[list[tuple[float, Health]], list[float]]:
+    """A crash loop as supervisord runs it (EXITED, STARTING, RUNNING each lap) folded, planned and
+    "applied" after every event, as the sync loop does, and once a second between them; what
+    Consul showed after each step, and when a TTL write was made."""
+    reg = registration(spec_, OWNER, HOST)
+    actual = {reg.service_id: Actual(reg.service_id, reg.fingerprint, check_ids(reg), PASSING, "RUNNING pid 1", 0.0)}
+    status = health.ProcessStatus("RUNNING", pid=1, since=0.0)
+    shown, writes = [], []
+    steps = [(lap * every + offset, ProcessStateChange("web:web_01", state, "", 1000 + lap, False))
+             for lap in range(laps)
+             for state, offset in (("EXITED", 0.0), ("STARTING", every / 4), ("RUNNING", every / 2))]
+    ticks = [(float(t), None) for t in range(int(laps * every) + 40)]
+    for at, change in sorted(steps + ticks, key=lambda step: step[0]):
+        if change is not None:
+            status = health.fold(status, change, at)
+            if change.state == "EXITED":
+                status = health.with_exitstatus(status, {"statename": "STARTING", "exitstatus": 0}, spec_)
+        for operation in plan({reg.service_id: Desired.of(reg, status, spec_, at)}, actual, at, complete=True):
+            assert isinstance(operation, UpdateTTL), operation
+            writes.append(at)
+            actual[reg.service_id] = Actual(reg.service_id, reg.fingerprint, check_ids(reg),
+                                            operation.health.status, operation.health.note, at)
+        have = actual[reg.service_id]
+        shown.append((at, Health(have.status, have.output)))
+    return shown, writes
+
+
+def test_a_crash_loop_costs_at_most_a_write_a_second_and_shows_critical():
+    # supervisord's own respawn loop: about 5 laps a second, for 60 s.
+    shown, writes = simulate(300, 0.2, spec())
+    settled = [h for at, h in shown if 2.0 <= at < 60.0]
+    assert all(h.status == CRITICAL and h.note.startswith("restarting: ") for h in settled)
+    in_loop = [at for at in writes if 2.0 <= at < 60.0]
+    assert len(in_loop) <= 58  # one a second
+    assert all(b - a >= NOTE_EVERY for a, b in zip(in_loop, in_loop[1:]))
+    # It stops: passing once RUNNING for the hold, with one write.
+    last_running = max(at for at, h in shown if at < 60.0)
+    passing = [at for at, h in shown if h.status == PASSING and at > 60.0]
+    assert passing and passing[0] >= last_running + health.FLAP_HOLD - 0.2
+
+
+def test_a_slower_loop_is_critical_too_with_fewer_writes():
+    # Crashing 3 s after each start (startsecs=1): 20 exits a minute.
+    shown, writes = simulate(20, 3.0, spec())
+    settled = [h for at, h in shown if 3.0 * health.FLAP_EXITS <= at < 60.0]
+    assert settled and all(h.status == CRITICAL for h in settled)
+    assert len([at for at in writes if 15.0 <= at < 60.0]) <= 45 / 3 * 2 + 1  # note changes twice a lap at most

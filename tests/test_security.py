@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.faults import converge
 from tests.harness import listener, run_cli, wait_for
 from tests.secure_agent import CountingProxy, SecureAgent, TestCA
 from tests.test_integration import listener_log, status_of, unique, wait_passing
@@ -21,6 +22,9 @@ CONSUL_VARIABLES = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERI
                     "CONSUL_CLIENT_KEY", "CONSUL_TLS_SERVER_NAME")
 # What the listener asks the agent for; the test itself reads only /v1/health and /v1/agent/self.
 LISTENER_REQUESTS = r"/v1/agent/(services|checks|service/|check/)"
+
+
+CLAIM_RULE = 'service "supervisord" { policy = "write" }'  # the listener's claim (claim.py)
 
 
 def environment(**values: str) -> dict[str, str]:
@@ -84,8 +88,8 @@ def test_acl_token_with_service_write_registers_heartbeats_and_deregisters(secur
                                                                            tmp_path, converged):
     agent = secure_agent(acl=True)
     name = unique("acl")
-    # The least a token needs: write on the service's own name; no node, agent or key rule.
-    agent.policy(f"{name}-write", f'service "{name}" {{ policy = "write" }}')
+    # The least a token needs: write on the service's own name and the claim's; no node, agent or key rule.
+    agent.policy(f"{name}-write", f'service "{name}" {{ policy = "write" }}\n{CLAIM_RULE}')
     token_file = tmp_path / "consul.token"
     token_file.write_text(agent.token(f"{name}-write")["SecretID"] + "\n")
     started = time.monotonic()
@@ -102,7 +106,30 @@ def test_acl_token_with_service_write_registers_heartbeats_and_deregisters(secur
     assert sv.ctl("start", "app").returncode == 0
     wait_passing(agent, name)
     assert agent.request_errors("Permission denied") == [] and ": 403 " not in listener_log(sv)
-    converged(took, f'token with only service "{name}" write; heartbeats, stop, start')
+    converged(took, f'token with only service "{name}" and "supervisord" write; heartbeats, stop, start')
+
+
+@pytest.mark.fault("9a. ACL: write token works")
+def test_acl_token_without_the_claim_warns_once_and_works(secure_agent, supervisord_factory, tmp_path, converged):
+    agent = secure_agent(acl=True)
+    name = unique("noclaim")
+    agent.policy(f"{name}-write", f'service "{name}" {{ policy = "write" }}')
+    token_file = tmp_path / "consul.token"
+    token_file.write_text(agent.token(f"{name}-write")["SecretID"])
+    sv = supervisord_factory(program(name, "ttl=3s") +
+                             stanza(agent, f"--http-addr {agent.http_addr} --token-file {token_file}"),
+                             env=environment())
+    started = time.monotonic()
+    wait_passing(agent, name)
+    took = time.monotonic() - started
+    wait_for(lambda: len(agent.request_errors("Missing service:write on supervisord")) >= 2, timeout=75,
+             message="the claim asked for twice")
+    [line] = log_lines(sv, "going on without the claim")
+    assert "403 Permission denied: Missing service:write on supervisord" in line and " WARNING " in line
+    assert f"the token from --token-file {token_file} needs a policy granting service:write on supervisord" in line
+    assert sv.ctl("stop", "app").returncode == 0
+    wait_for(lambda: status_of(agent, name) == [], message="deregistered without the claim")
+    converged(took, 'token without "supervisord" write: said once, registers, heartbeats, deregisters')
 
 
 @pytest.mark.fault("9b. ACL: no/read-only token names the permission")
@@ -132,7 +159,7 @@ def test_acl_no_token_or_read_only_token_names_the_missing_permission_once(secur
                                   f"policy grants service:write on {anonymous}"),
             (with_token, reader, f"the token from CONSUL_HTTP_TOKEN_FILE {token_file} needs a policy granting "
                                  f"service:write on {reader}")):
-        [line] = log_lines(sv, ": 403 ")  # once, however often it is refused
+        [line] = log_lines(sv, f"({name}): 403 ")  # once, however often it is refused
         assert (f"refused PUT /v1/agent/service/register ({name}): 403 Permission denied: "
                 f"Missing service:write on {name}") in line
         assert advice in line
@@ -146,7 +173,7 @@ def test_acl_no_token_or_read_only_token_names_the_missing_permission_once(secur
     wait_passing(agent, reader, timeout=45)
     took = time.monotonic() - granted
     assert len(log_lines(with_token, "the agent accepts it again")) == 1
-    assert len(log_lines(with_token, ": 403 ")) == 1 and len(log_lines(no_token, ": 403 ")) == 1
+    assert len(log_lines(with_token, f"({reader}): 403 ")) == 1 and len(log_lines(no_token, f"({anonymous}): 403 ")) == 1
     converged(took, f"403 logged once over {refused} refusals; policy granted + HUP -> passing")
 
 
@@ -230,6 +257,92 @@ def test_cli_output_never_shows_the_token(tmp_path, converged):
         assert (run.returncode, expected in output) == (status, True), (args, output)
         assert secret not in output, args
     converged(None, f"{len(runs)} commands: help, version, check, error exits")
+
+
+def rotate(token_file: pathlib.Path, secret: str, by_rename: bool) -> None:
+    """As consul-template rewrites a file in place, or as Vault agent's sink replaces it."""
+    if by_rename:
+        fresh = token_file.with_name(token_file.name + ".new")
+        fresh.write_text(secret + "\n")
+        os.replace(fresh, token_file)
+    else:
+        token_file.write_text(secret + "\n")
+
+
+def two_tokens(secure_agent, tmp_path: pathlib.Path, prefix: str):
+    """An ACL agent, a service name, two tokens that may write it (the old and the new)
+    and a token file holding the old one."""
+    agent = secure_agent(acl=True)
+    name = unique(prefix)
+    agent.policy(f"{name}-write", f'service "{name}" {{ policy = "write" }}\n{CLAIM_RULE}')
+    old, new = agent.token(f"{name}-write"), agent.token(f"{name}-write")
+    token_file = tmp_path / "consul.token"
+    token_file.write_text(old["SecretID"])
+    return agent, name, old, new, token_file
+
+
+def process_checks(agent: SecureAgent, name: str) -> list[str]:
+    """The agent's own view (the catalog's lags on output): each instance's process check status."""
+    return [c["Status"] for c in agent.checks().values() if c["ServiceName"] == name and c["CheckID"].endswith(":process")]
+
+
+@pytest.mark.fault("9d. ACL: token file rotated in place")
+@pytest.mark.parametrize("by_rename", [False, True], ids=["--token-file rewritten", "CONSUL_HTTP_TOKEN_FILE renamed"])
+def test_a_rotated_token_file_is_used_without_a_restart(secure_agent, supervisord_factory, tmp_path, converged,
+                                                       by_rename):
+    agent, name, old, new, token_file = two_tokens(secure_agent, tmp_path, "rotated")
+    options, env = (f"--http-addr {agent.http_addr}", environment(CONSUL_HTTP_TOKEN_FILE=str(token_file))) \
+        if by_rename else (f"--http-addr {agent.http_addr} --token-file {token_file}", environment())
+    sv = supervisord_factory(program(name, "ttl=3s") + stanza(agent, options), env=env)
+    wait_passing(agent, name)
+    pid = sv.info("consul")["pid"]
+
+    rotated = time.monotonic()
+    rotate(token_file, new["SecretID"], by_rename)
+    agent.delete_token(old["AccessorID"])  # as the rotating tool revokes the old one
+    wait_for(lambda: log_lines(sv, "changed; using the new one"), timeout=10, message="the new token picked up")
+    picked_up = time.monotonic() - rotated
+    # Two TTLs of heartbeats after the old token is gone: the instance never turns critical.
+    heartbeats = len(agent.requests_served("/v1/agent/check/pass/"))
+    statuses = []
+    while time.monotonic() - rotated < 2 * 3:
+        statuses.extend(process_checks(agent, name))
+        time.sleep(0.1)
+    assert set(statuses) == {"passing"}, statuses
+    assert len(agent.requests_served("/v1/agent/check/pass/")) >= heartbeats + 3
+    # A call that met the old token's deletion first was retried with the new one: no refusal is logged.
+    assert not log_lines(sv, "ACL not found") and not log_lines(sv, ": 403 ")
+    assert old["SecretID"] not in listener_log(sv) and new["SecretID"] not in listener_log(sv)
+    seconds = converge(agent, sv)
+    assert sv.info("consul")["pid"] == pid  # no restart needed
+    converged(picked_up + seconds, f"new token used {picked_up:.1f} s after the file changed; "
+                                   f"{len(statuses)} samples over 2 ttl, all passing")
+
+
+@pytest.mark.fault("9d. ACL: token file rotated in place")
+def test_a_token_deleted_before_its_file_is_rotated_is_named_then_replaced(secure_agent, supervisord_factory,
+                                                                          tmp_path, converged):
+    agent, name, old, new, token_file = two_tokens(secure_agent, tmp_path, "revoked")
+    sv = supervisord_factory(program(name, "ttl=3s") +
+                             stanza(agent, f"--http-addr {agent.http_addr} --token-file {token_file}"),
+                             env=environment())
+    wait_passing(agent, name)
+
+    agent.delete_token(old["AccessorID"])  # revoked before the new token is written
+    wait_for(lambda: log_lines(sv, "ACL not found"), timeout=10, message="the refusal logged")
+    [line] = log_lines(sv, "ACL not found")
+    assert f"the agent knows no token with the SecretID from --token-file {token_file}" in line
+    wait_for(lambda: process_checks(agent, name) == ["critical"], timeout=10, message="critical within ttl")
+
+    rotated = time.monotonic()
+    rotate(token_file, new["SecretID"], by_rename=False)
+    wait_for(lambda: process_checks(agent, name) == ["passing"], timeout=10, message="passing with the new token")
+    took = time.monotonic() - rotated
+    assert sv.ctl("signal", "HUP", "consul").returncode == 0  # HUP reads it too, and changes nothing now
+    seconds = converge(agent, sv)
+    assert len(log_lines(sv, "ACL not found")) == 1
+    converged(took + seconds, f"old token revoked first: ACL not found named the file once; "
+                              f"passing {took:.1f} s after the file changed")
 
 
 # ---------------------------------------------------------------- 10. TLS

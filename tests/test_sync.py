@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from supervisor_consul import plan
+from supervisor_consul import claim, plan
+from supervisor_consul.claim import Seen
 from supervisor_consul.agent import ConsulError
 from supervisor_consul.config import Configuration, ServiceSpec
 from supervisor_consul.events import GroupsChanged, ProcessStateChange, SupervisorStateChange
@@ -18,6 +19,7 @@ from supervisor_consul.sync import Inbox, Sync
 CONFIGFILE = "/etc/supervisor/supervisord.conf"
 HOST = "node1"
 OWNER = plan.owner_id(HOST, CONFIGFILE, "supervisor")
+ME = claim.Incarnation("boot-1", "4026531836", "4026531832", 4242, 777)  # the supervisord under test
 UNREACHABLE = "Consul agent at http://127.0.0.1:8500 is unreachable (connection refused); is it running? retrying"
 
 
@@ -47,18 +49,36 @@ class FakeAgent:
         self.writes: list[tuple] = []
         self.reads = 0
         self.unreachable = False
+        self.token_refreshes: list[bool] = []  # force, per call
+        self.token_rotated = False  # what refresh_token answers
+        self.claims: dict[str, Seen] = {}  # owner id -> its claim
+        self.claim_writes: list[tuple] = []
+
+    def refresh_token(self, force: bool = False) -> bool:
+        self.token_refreshes.append(force)
+        return self.token_rotated
 
     def _answer(self) -> None:
         if self.unreachable:
             raise ConsulError(UNREACHABLE, unreachable=True)
 
-    def read_owned(self, owner: str) -> dict[str, Actual]:
+    def read_owned(self, *owners: str) -> dict[str, Actual]:
         self.reads += 1
         self._answer()
-        return {k: v for k, v in self.services.items() if k.startswith(f"supervisord:{owner}:")}
+        return {k: v for k, v in self.services.items() if any(k.startswith(f"supervisord:{o}:") for o in owners)}
+
+    def read_claim(self, owner: str) -> Seen | None:
+        self._answer()
+        return self.claims.get(owner)
 
     def register(self, registration, health, initial=CRITICAL, stale_checks=frozenset()) -> None:
         self._answer()
+        if registration.name == "supervisord":  # a claim: kept apart, so the tests' writes are the instances'
+            meta = dict(registration.meta)
+            self.claims[meta[plan.OWNER_META]] = Seen(claim.Incarnation.decode(meta[claim.INCARNATION_META]),
+                                                      health.status, health.note)
+            self.claim_writes.append(("register", registration.service_id))
+            return
         self.writes.append(("register", registration.service_id, health, initial))
         checks = frozenset(dict(c)["CheckID"] for c in registration.checks)
         had = self.services.get(registration.service_id)
@@ -74,12 +94,21 @@ class FakeAgent:
 
     def update_ttl(self, check_id: str, health: Health, service: str = "") -> None:
         self._answer()
+        if service == "supervisord":
+            owner = check_id.split(":")[1]
+            self.claims[owner] = replace(self.claims[owner], status=health.status, output=health.note)
+            self.claim_writes.append(("update_ttl", check_id))
+            return
         self.writes.append(("update_ttl", check_id, health))
         service_id = check_id.rsplit(":", 1)[0]
         self.services[service_id] = replace(self.services[service_id], status=health.status, output=health.note)
 
     def deregister(self, service_id: str, service: str = "") -> None:
         self._answer()
+        if service == "supervisord":
+            self.claims.pop(service_id.split(":")[1], None)
+            self.claim_writes.append(("deregister", service_id))
+            return
         self.writes.append(("deregister", service_id))
         self.services.pop(service_id, None)
 
@@ -140,7 +169,8 @@ class World:
         self.sync = Sync(self.agent, CONFIGFILE, HOST, Inbox(),
                          read_config=lambda path: self.configuration,
                          supervisor_factory=lambda configuration: self.supervisor,
-                         wall=self.wall, monotonic=self.monotonic, waker=lambda supervisor: supervisor.wake())
+                         wall=self.wall, monotonic=self.monotonic, waker=lambda supervisor: supervisor.wake(),
+                         incarnation=ME)
 
     def round(self) -> None:
         self.sync.reconcile()
@@ -396,7 +426,11 @@ def test_a_refused_heartbeat_is_reported_once_and_retried_later(world, caplog):
     refused = ConsulError("Consul agent at http://127.0.0.1:8500 refused PUT /v1/agent/check/pass: 403 "
                           "Permission denied; the token needs service:write on web", status=403)
 
-    def update_ttl(*args, **kwargs):
+    claim_heartbeat = world.agent.update_ttl
+
+    def update_ttl(check_id, health, service=""):
+        if service == "supervisord":
+            return claim_heartbeat(check_id, health, service)
         raise refused
 
     world.agent.update_ttl = update_ttl
@@ -486,6 +520,29 @@ def test_sighup_retries_a_refused_operation_at_once_other_reconciles_wait(world)
     assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL)]
 
 
+def test_a_rotated_token_retries_a_refused_operation_at_once(world):
+    world.agent.register = lambda *a, **k: (_ for _ in ()).throw(
+        ConsulError("refused PUT /v1/agent/service/register (web): 403 ACL not found", status=403))
+    world.deliver()
+    del world.agent.register
+    world.monotonic.advance(1)
+    world.deliver()
+    assert world.take_writes() == []  # the refusal is waited out while the token is the same
+    assert world.agent.token_refreshes[-1] is False  # not forced: only HUP forces a read
+
+    world.agent.token_rotated = True  # the file changed on disk
+    world.deliver()
+    assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL)]
+
+
+def test_sighup_forces_the_token_file_to_be_read(world):
+    world.sync.inbox = inbox = Inbox()
+    inbox.request_reconcile(retry_refused=True)
+    inbox.close()
+    world.sync.run()
+    assert world.agent.token_refreshes == [True]
+
+
 # -- waking supervisord when a process is due to turn RUNNING -------------------------
 
 STARTING = ProcessStateChange("web", "STARTING", "STOPPED")
@@ -560,3 +617,89 @@ def test_a_round_that_reconciled_does_not_read_maintenance_again(world):
     world.sync.run()
     assert world.take_writes() == [("deregister", sid("web"))]
     assert world.agent.reads == reads + 1  # the reconcile's own read, which saw any maintenance
+
+
+def test_a_maintenance_lifted_behind_its_back_is_seen_within_one_heartbeat_period(world):
+    """`consul maint -disable` tells the listener nothing: it looks again every ttl/3
+    while an instance of its own is in maintenance, and only then."""
+    world.round()
+    world.agent.services[sid("web")] = replace(world.agent.services[sid("web")], maintenance="disk swap")
+    world.supervisor.set("web", "STOPPED")
+    world.deliver(ProcessStateChange("web", "STOPPED", "STOPPING", 42))  # read before deregistering: kept
+    world.take_writes()
+
+    world.agent.services[sid("web")] = replace(world.agent.services[sid("web")], maintenance=None)
+    world.monotonic.advance(4.9)
+    world.sync.converge()
+    assert ("deregister", sid("web")) not in world.take_writes()
+    world.monotonic.advance(0.1)  # 15 s / 3
+    world.sync.converge()
+    assert world.take_writes() == [("deregister", sid("web"))]
+
+
+def test_no_maintenance_read_while_none_of_ours_is_in_maintenance(world):
+    world.round()
+    reads = world.agent.reads
+    for _ in range(30):
+        world.monotonic.advance(1)
+        world.sync.converge()
+    assert world.agent.reads == reads
+
+
+# -- the claim: who holds this owner id -------------------------------------------------
+
+TWIN = claim.Incarnation("boot-1", "4026531836", "4026532178", 4343, 888)  # another mount namespace
+
+
+def test_the_claim_is_taken_before_anything_and_kept_beating(world):
+    world.round()
+    assert world.agent.claim_writes == [("register", plan.claim_id(OWNER))]
+    assert world.agent.claims[OWNER].incarnation == ME
+    world.agent.claim_writes.clear()
+    world.monotonic.advance(5)
+    world.sync.converge()
+    assert world.agent.claim_writes == [("update_ttl", plan.claim_check_id(OWNER))]
+
+
+def test_a_live_twin_holding_the_claim_means_touching_nothing(world, caplog, mocker):
+    mocker.patch("supervisor_consul.claim.start_time", side_effect=lambda pid: {4343: 888}.get(pid))
+    world.sync.holder.keeper._started = claim.start_time
+    world.agent.claims[OWNER] = Seen(TWIN, "passing", "supervisord pid 4343 ...")
+    theirs = Actual(sid("db"), "f", frozenset(), "passing", "RUNNING pid 9")
+    world.agent.services[sid("db")] = theirs  # the twin's instance, under the same owner id
+    for _ in range(3):
+        world.deliver()
+        world.monotonic.advance(5)
+    assert world.take_writes() == [] and world.agent.claim_writes == []
+    assert world.agent.services[sid("db")] == theirs
+    [line] = [r.getMessage() for r in caplog.records if "another supervisord holds" in r.getMessage()]
+    assert "supervisord pid 4343 in mount namespace 4026532178 is alive; touching nothing" in line
+    assert "[supervisord] identifier=" in line
+
+    world.sync.holder.keeper._started = lambda pid: None  # the twin has exited
+    world.deliver()
+    assert world.agent.claims[OWNER].incarnation == ME
+    assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL), ("deregister", sid("db"))]
+
+
+def test_shutdown_deregisters_the_instances_then_the_claim(world):
+    world.round()
+    world.take_writes()
+    world.agent.claim_writes.clear()
+    world.sync.statuses = {}
+    world.sync.supervisord_stopping = True
+    world.deliver()
+    assert world.take_writes() == [("deregister", sid("web"))]
+    assert world.agent.claim_writes == [("deregister", plan.claim_id(OWNER))] and world.agent.claims == {}
+
+
+def test_an_instance_of_the_owner_id_an_earlier_version_gave_is_replaced(world, mocker):
+    legacy = plan.owner_id(HOST, "/srv/releases/v1/supervisord.conf", "supervisor")
+    mocker.patch("supervisor_consul.plan.legacy_owner_of", return_value=legacy)
+    world.sync = Sync(world.agent, CONFIGFILE, HOST, Inbox(), read_config=lambda path: world.configuration,
+                      supervisor_factory=lambda configuration: world.supervisor, wall=world.wall,
+                      monotonic=world.monotonic, waker=lambda supervisor: None, incarnation=ME)
+    world.agent.services[sid("web", legacy)] = Actual(sid("web", legacy), "old", frozenset(), "passing", "x")
+    world.round()
+    assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL),
+                                   ("deregister", sid("web", legacy))]

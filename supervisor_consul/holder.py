@@ -1,0 +1,122 @@
+"""Holding this listener's claim on the agent (see claim.py): read it, take it
+when it is free, keep its TTL check passing, and say when another live
+supervisord holds it.  The sync loop acts only while `may_act()`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+
+from . import claim, plan
+from .agent import Agent, ConsulError
+from .config import Configuration
+from .health import PASSING, Health
+
+log = logging.getLogger("supervisor_consul")
+TTL = "15s"  # the claim's own TTL check
+EVERY = 5.0  # seconds between looks at the claim (and heartbeats of it): a third of TTL
+REFUSED_RETRY = 30.0  # a claim the agent refuses (ACL) is asked for again this often, or on SIGHUP
+
+
+class Standing(enum.Enum):
+    UNKNOWN = "unknown"  # not read yet
+    HELD = "held"  # ours
+    UNCLAIMED = "unclaimed"  # the agent refuses to register it: act without it (said once)
+    YIELDED = "yielded"  # another live supervisord holds it: touch nothing
+
+
+class Holder:
+    def __init__(self, agent: Agent, keeper: claim.Keeper, report: Callable[[str, str, int], None],
+                 clear: Callable[[str, str | None], None], wall: Callable[[], float] = time.time) -> None:
+        self.agent = agent
+        self.keeper = keeper
+        self.standing = Standing.UNKNOWN
+        self._report, self._clear = report, clear  # Conditions': a condition is said once
+        self._wall = wall
+        self._due = 0.0  # monotonic time of the next look
+        self._registration: plan.Registration | None = None
+        self._registered = ""  # the fingerprint of the claim we last registered
+
+    @property
+    def claimed(self) -> bool:
+        return self.standing is Standing.HELD
+
+    def configure(self, owner: str, host: str, configuration: Configuration, deregister_after: str | None) -> None:
+        registration = plan.claim_registration(owner, host, configuration, self.keeper.me, TTL, deregister_after)
+        if self._registration is None or registration.fingerprint != self._registration.fingerprint:
+            self._due = 0.0  # a new definition: look (and register it) at once
+        self.owner = owner
+        self._registration = registration
+
+    def retry_now(self) -> None:
+        self._due = 0.0
+
+    def may_act(self, now: float, instances: int, force: bool = False) -> bool:
+        """Look at the claim when due (or `force`d: a reconcile), take it or keep it;
+        whether this listener may touch the agent.  A ConsulError (the agent gone)
+        is the caller's to handle."""
+        if force or now >= self._due:
+            self._due = now + EVERY
+            self._look(now, instances)
+        return self.standing in (Standing.HELD, Standing.UNCLAIMED)
+
+    def _look(self, now: float, instances: int) -> None:
+        assert self._registration is not None
+        try:
+            seen = self.agent.read_claim(self.owner)
+            decision = self.keeper.decide(seen, now)
+            if decision.verdict in (claim.Verdict.YIELD, claim.Verdict.WAIT):
+                self.standing = Standing.YIELDED
+                self._report("claim", self._yielding(decision), logging.ERROR)
+                return
+            health = Health(PASSING, self._note(instances))
+            if decision.verdict is claim.Verdict.TAKE or self._registered != self._registration.fingerprint:
+                if seen is not None:
+                    log.info("taking over owner id %s: %s", self.owner, decision.why)
+                self.agent.register(self._registration, health, initial=PASSING)
+                self._registered = self._registration.fingerprint
+                again = self.agent.read_claim(self.owner)
+                if again is None or again.incarnation != self.keeper.me:
+                    # Another listener registered it at the same moment: the next look settles it.
+                    self._due = now
+                    return
+            else:
+                self.agent.update_ttl(self._registration.ttl_check_id or "", health, claim.SERVICE)
+        except ConsulError as exc:
+            if exc.unreachable:
+                raise
+            if exc.lost:  # the agent forgot it (restarted): register it again at the next look
+                self._due, self._registered = now, ""
+                return
+            self.standing = Standing.UNCLAIMED
+            self._due = now + REFUSED_RETRY
+            self._report("claim", f"{exc}; going on without the claim {plan.claim_id(self.owner)}: another "
+                                  f"supervisord with the same identity would go unnoticed, and check = none "
+                                  f"instances get no liveness check", logging.WARNING)
+            return
+        self.standing = Standing.HELD
+        self._clear("claim", f"holding the claim {plan.claim_id(self.owner)}")
+
+    def release(self) -> None:
+        """supervisord is gone and so are our instances: the claim goes last, since
+        an alias of a service that is gone shows passing for up to a minute (1.8)."""
+        if self.standing is Standing.HELD:
+            self.agent.deregister(plan.claim_id(self.owner), claim.SERVICE)
+            self.standing = Standing.UNKNOWN
+
+    def _note(self, instances: int) -> str:
+        # The time moves with every heartbeat: how a listener in another pid namespace sees we are alive.
+        when = time.strftime("%H:%M:%S", time.localtime(self._wall()))
+        return f"supervisord pid {self.keeper.me.pid} with {instances} instance(s) registered, as of {when}"
+
+    def _yielding(self, decision: claim.Decision) -> str:
+        configuration = self._registration
+        assert configuration is not None
+        meta = dict(configuration.meta)
+        return (f"another supervisord holds owner id {self.owner} (host {meta['supervisord-host']}, "
+                f"configuration {meta['supervisord-config']}, identifier {meta['supervisord-identifier']}): "
+                f"{decision.why}; touching nothing.  Give one of them its own [supervisord] identifier= "
+                f"in {meta['supervisord-config']}")
