@@ -12,6 +12,7 @@ remembering what failed: the next reconcile starts from fresh reads.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 from supervisor.options import make_namespec
 
-from . import claim, config, durations, health, holder, plan
+from . import claim, config, durations, health, holder, plan, sending
 from .agent import Agent, ConsulError
 from .config import Configuration, ServiceSpec
 from .events import GroupsChanged, Hint, ProcessStateChange, SupervisorStateChange
@@ -37,8 +38,11 @@ RECONCILE_EVERY = 60.0
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 5.0
 REFUSED_RETRY = 30.0  # an operation the agent refuses (403, 400) is retried this often
 MAX_PENDING_HINTS = 100_000  # past this, hints are dropped for one reconcile
-IDLE_WAKEUP = 1.0  # heartbeats are due at most this late
+IDLE_WAKEUP = 1.0  # the loop looks at least this often
+HEARTBEAT_SLACK = 0.05  # seconds past the first due heartbeat: those due just after go in the same round
 CLAIM_REAPED_AFTER_INSTANCES = 60  # seconds: Consul's reaper runs every 30 s
+# A heartbeat is due at a third of the ttl: at two thirds one has been missed, at one the check expires.
+LAG_WARNING, LAG_CLEARED = 2 / 3, 1 / 2
 MAINTENANCE_POLL = 5.0  # how often to look for a lifted maintenance on instances without a TTL check
 WAKE_MARGIN = 0.0005  # seconds past startsecs before waking supervisord: float rounding (see _expect_running)
 
@@ -127,7 +131,7 @@ class Sync:
                  supervisor_factory: Callable[[Configuration], Supervisor] = lambda c: for_configuration(c, "listener"),
                  wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  waker: Callable[[Supervisor], None] | None = None,
-                 incarnation: claim.Incarnation | None = None) -> None:
+                 incarnation: claim.Incarnation | None = None, workers: int = sending.WORKERS) -> None:
         self.agent = agent
         self.configfile = configfile
         self.host = host
@@ -152,11 +156,13 @@ class Sync:
         self._heartbeat_every = IDLE_WAKEUP  # the shortest ttl/3 of any registration
         self._wake_at: dict[str, float] = {}  # namespec -> when supervisord should find it RUNNING
         self._maintenance_read_at = 0.0  # monotonic time the agent's maintenance checks were last read
+        self._heartbeat_due = math.inf  # monotonic time the first heartbeat falls due
         self._waker = waker or Waker()
         self._legacy_owners: tuple[str, ...] = ()  # ids earlier versions gave this supervisord
         # The listener's parent is the supervisord it serves.
         keeper = claim.Keeper(incarnation or claim.incarnation_of(os.getppid()), durations.seconds(holder.TTL))
         self.holder = Holder(agent, keeper, self.conditions.report, self.conditions.clear, wall)
+        self._sender = sending.Sender(self._send, workers)
 
     # -- the loop -----------------------------------------------------------
 
@@ -214,7 +220,7 @@ class Sync:
 
     def _wait(self) -> float:
         now = self._monotonic()
-        return max(0.0, min(self._heartbeat_every, self._reconcile_at - now,
+        return max(0.0, min(self._heartbeat_every, self._reconcile_at - now, self._heartbeat_due + HEARTBEAT_SLACK - now,
                             *(at - now for at in self._wake_at.values())))
 
     # -- RUNNING without supervisord's extra second ---------------------------------
@@ -434,18 +440,45 @@ class Sync:
             if not self._read_maintenance():
                 return 0
             operations = plan.plan(desired, self.actual, now, self.complete)
-        for operation in operations:
-            if self._retry_at.get(operation.service_id, 0) > now:
-                continue
-            try:
-                self._apply(operation)
+        ready = [op for op in operations if self._retry_at.get(op.service_id, 0) <= now]
+        heartbeats = sorted((op for op in ready if isinstance(op, UpdateTTL)),
+                            key=lambda op: sending.urgency(op, self.actual[op.service_id]))  # type: ignore[index]
+        self._watch_lag(heartbeats, now)
+        # Registrations first (in the plan's order), then the heartbeats, most urgent first.
+        ready = [op for op in ready if not isinstance(op, UpdateTTL)] + heartbeats
+        for operation, exc in zip(ready, self._sender.send_all(ready)):
+            if exc is None:
+                self._record(operation, now)
                 applied += 1
-            except ConsulError as exc:
-                if exc.unreachable:
-                    self._agent_failed(exc)
-                    break
+            elif exc.unreachable:
+                self._agent_failed(exc)
+                break
+            else:
                 self._operation_failed(operation, exc)
+        self._heartbeat_due = self._first_heartbeat_due()
         return applied
+
+    def _first_heartbeat_due(self) -> float:
+        """When the first TTL check falls due: the loop wakes then, rather than on a
+        1 s beat that would let a heartbeat of a ttl of 3 s come up to 2 s apart."""
+        assert self.actual is not None
+        due = [have.updated_at + r.ttl_seconds / plan.HEARTBEATS_PER_TTL for r in self.registrations.values()
+               if r.ttl_check_id and (have := self.actual.get(r.service_id)) is not None]
+        return min(due, default=math.inf)
+
+    def _watch_lag(self, heartbeats: list[UpdateTTL], now: float) -> None:
+        """Say once when heartbeats fall behind their TTLs, and once when they catch up."""
+        assert self.actual is not None
+        if not heartbeats:
+            return
+        by_sid = {r.service_id: r for r in self.registrations.values()}
+        behind = sending.lag([op for op in heartbeats if op.service_id in by_sid], self.actual, by_sid, now)
+        if behind >= LAG_WARNING:
+            self.conditions.report("lag", f"heartbeats fall behind: TTL checks went {LAG_WARNING:.0%} of their ttl "
+                                          f"unrefreshed; the Consul agent at {self.agent.endpoint} answers too slowly "
+                                          f"for {len(by_sid)} instances, and they may expire")
+        elif behind < LAG_CLEARED:
+            self.conditions.clear("lag", "heartbeats keep up with their TTLs again")
 
     def _maintenance_due(self, now: float) -> bool:
         """Anyone may lift a maintenance (`consul maint -disable`, the UI) without
@@ -471,31 +504,39 @@ class Sync:
         self.actual = {sid: replace(have, maintenance=reasons.get(sid)) for sid, have in self.actual.items()}
         return True
 
-    def _apply(self, operation: Operation) -> None:
+    def _send(self, operation: Operation) -> None:
+        """Only the call: it may run in a sending thread, so it touches none of our state."""
+        if isinstance(operation, Register):
+            self.agent.register(operation.registration, operation.health, operation.initial, operation.stale_checks)
+        elif isinstance(operation, UpdateTTL):
+            self.agent.update_ttl(operation.check_id, operation.health, operation.service)
+        else:
+            self.agent.deregister(operation.service_id, operation.service)
+
+    def _record(self, operation: Operation, sent_at: float) -> None:
+        """What the agent now has, once it said yes.  `sent_at`: when the round began
+        sending, which is no later than the write: the next heartbeat is never late."""
         assert self.actual is not None
+        sid = operation.service_id
         if isinstance(operation, Register):
             registration, wanted = operation.registration, operation.health
-            self.agent.register(registration, wanted, operation.initial, operation.stale_checks)
-            had = self.actual.get(registration.service_id)
-            self.actual[registration.service_id] = Actual(
-                registration.service_id, registration.fingerprint, registration.check_ids,
-                wanted.status if wanted else None, wanted.note if wanted else None, self._monotonic(),
-                had.maintenance if had else None)
+            had = self.actual.get(sid)
+            self.actual[sid] = Actual(sid, registration.fingerprint, registration.check_ids,
+                                      wanted.status if wanted else None, wanted.note if wanted else None,
+                                      sent_at, had.maintenance if had else None)
             log.info("registered %s as %s%s", _namespec(registration), registration.name,
                      f" ({wanted.status}: {wanted.note})" if wanted else "")
         elif isinstance(operation, UpdateTTL):
-            have = self.actual[operation.service_id]
-            self.agent.update_ttl(operation.check_id, operation.health, operation.service)
+            have = self.actual[sid]
             if (have.status, have.output) != (operation.health.status, operation.health.note):
-                log.info("%s is %s: %s", operation.service_id, operation.health.status, operation.health.note)
-            self.actual[operation.service_id] = replace(have, status=operation.health.status,
-                                                        output=operation.health.note, updated_at=self._monotonic())
+                log.info("%s is %s: %s", sid, operation.health.status, operation.health.note)
+            self.actual[sid] = replace(have, status=operation.health.status, output=operation.health.note,
+                                       updated_at=sent_at)
         else:
-            self.agent.deregister(operation.service_id, operation.service)
-            self.actual.pop(operation.service_id, None)
-            log.info("deregistered %s", operation.service_id)
-        self._retry_at.pop(operation.service_id, None)
-        self.conditions.clear(f"op:{operation.service_id}", f"{operation.service_id}: the agent accepts it again")
+            self.actual.pop(sid, None)
+            log.info("deregistered %s", sid)
+        self._retry_at.pop(sid, None)
+        self.conditions.clear(f"op:{sid}", f"{sid}: the agent accepts it again")
 
     def _operation_failed(self, operation: Operation, exc: ConsulError) -> None:
         """One instance refused: the others go on; this one is retried later."""

@@ -14,6 +14,7 @@ import pathlib
 import re
 import socket
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -192,8 +193,11 @@ class CountingProxy:
     through it: a client refused in the TLS handshake leaves no other trace
     (it resets the connection, and the agent logs only requests it served)."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, delay: float = 0.0) -> None:
+        """delay: seconds each chunk from a client waits before it is passed on, as
+        if the agent took that long to answer each request (change it any time)."""
         self.target_port = target_port
+        self.delay = delay
         self.port = free_port()
         self.connections = 0
         self._stop = threading.Event()
@@ -223,13 +227,14 @@ class CountingProxy:
             client.settimeout(None)
             upstream.settimeout(None)
             self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            for source, sink, slow in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(source, sink, slow), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, slow: bool) -> None:
         try:
             while data := source.recv(65536):
+                if slow and self.delay:
+                    time.sleep(self.delay)
                 sink.sendall(data)
         except OSError:
             pass

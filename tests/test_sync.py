@@ -170,7 +170,7 @@ class World:
                          read_config=lambda path: self.configuration,
                          supervisor_factory=lambda configuration: self.supervisor,
                          wall=self.wall, monotonic=self.monotonic, waker=lambda supervisor: supervisor.wake(),
-                         incarnation=ME)
+                         incarnation=ME, workers=1)  # one at a time: the fake's writes in a fixed order
 
     def round(self) -> None:
         self.sync.reconcile()
@@ -698,7 +698,7 @@ def test_an_instance_of_the_owner_id_an_earlier_version_gave_is_replaced(world, 
     mocker.patch("supervisor_consul.plan.legacy_owner_of", return_value=legacy)
     world.sync = Sync(world.agent, CONFIGFILE, HOST, Inbox(), read_config=lambda path: world.configuration,
                       supervisor_factory=lambda configuration: world.supervisor, wall=world.wall,
-                      monotonic=world.monotonic, waker=lambda supervisor: None, incarnation=ME)
+                      monotonic=world.monotonic, waker=lambda supervisor: None, incarnation=ME, workers=1)
     world.agent.services[sid("web", legacy)] = Actual(sid("web", legacy), "old", frozenset(), "passing", "x")
     world.round()
     assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL),

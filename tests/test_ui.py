@@ -184,8 +184,9 @@ def test_ui_lists_the_sample_services_passing_then_critical_after_a_crash(ui_age
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nsupervisord log:\n{sv.log_text()[-3000:]}") from None
 
+    # `supervisord`: the listener's claim, one instance per supervisord.
     passing = {"consul": ("passing", "1 Instance"), "netcat": ("passing", "1 Instance"),
-               "web": ("passing", "3 Instances")}
+               "supervisord": ("passing", "1 Instance"), "web": ("passing", "3 Instances")}
     wait_shown(lambda: shown_services(page, ui_agent), lambda shown: shown == passing,
                "the sample's services listed, all passing")
     screenshot(page, tmp_path, "consul-ui.png", publish=True)
