@@ -113,9 +113,8 @@ class Holder:
         return f"supervisord pid {self.keeper.me.pid} with {instances} instance(s) registered, as of {when}"
 
     def _yielding(self, decision: claim.Decision) -> str:
-        configuration = self._registration
-        assert configuration is not None
-        meta = dict(configuration.meta)
+        assert self._registration is not None
+        meta = dict(self._registration.meta)
         return (f"another supervisord holds owner id {self.owner} (host {meta['supervisord-host']}, "
                 f"configuration {meta['supervisord-config']}, identifier {meta['supervisord-identifier']}): "
                 f"{decision.why}; touching nothing.  Give one of them its own [supervisord] identifier= "

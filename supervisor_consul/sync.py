@@ -194,8 +194,8 @@ class Sync:
             if self.statuses[namespec].state == "EXITED":
                 self.statuses[namespec] = self._with_exitstatus(namespec, self.statuses[namespec])
         self._wake_supervisord()
-        if wants_reconcile and self.actual is not None:
-            # While the agent is down the backoff decides when to try again.
+        if wants_reconcile and (self.actual is not None or batch.retry_refused):
+            # While the agent is down the backoff decides when to try again, unless an operator says now (HUP).
             self._reconcile_at = self._monotonic()
         reconciled = self._monotonic() >= self._reconcile_at and self.reconcile()
         applied = self.converge(fresh=reconciled)

@@ -476,32 +476,20 @@ def test_two_consul_sections_for_one_program_are_both_problems(tmp_path):
                           f"{path}; put the keys you mean into one [consul:dup] section and remove the other")
 
 
-def test_two_consul_sections_for_one_program_in_two_files_name_each_file(tmp_path):
+@pytest.mark.parametrize("included_section", ["consul:dup ", "consul:dup"])
+def test_two_consul_sections_for_one_program_in_two_files_name_each_file(tmp_path, included_section):
+    # With the very same name, supervisor's parser merges the two, the later keys winning, and says nothing.
     (tmp_path / "conf.d").mkdir()
     path = write(tmp_path, "[include]\nfiles=conf.d/*.conf\n" + program("dup") + program("web")
                  + "[consul:dup]\nport=1\n[consul:web]\n")
     included = tmp_path / "conf.d" / "dup.conf"
-    included.write_text("[consul:dup ]\nport=2\n")
+    included.write_text(f"[{included_section}]\nport=2\n")
     configuration = config.read(path)
 
     assert [(p.file, p.section) for p in configuration.problems] == [(path, "consul:dup"),
-                                                                    (str(included), "consul:dup ")]
-    assert f"[consul:dup ] in {included}" in configuration.problems[0].message
+                                                                    (str(included), included_section)]
+    assert f"[{included_section}] in {included}" in configuration.problems[0].message
     assert f"[consul:dup] in {path}" in configuration.problems[1].message
-    assert set(configuration.services) == {"web"}
-
-
-def test_the_same_consul_section_in_two_files_is_a_problem_too(tmp_path):
-    # supervisor's parser merges the two, the later keys winning, and says nothing.
-    (tmp_path / "conf.d").mkdir()
-    path = write(tmp_path, "[include]\nfiles=conf.d/*.conf\n" + program("dup") + program("web")
-                 + "[consul:dup]\nport=1\n[consul:web]\n")
-    included = tmp_path / "conf.d" / "dup.conf"
-    included.write_text("[consul:dup]\nport=2\n")
-    configuration = config.read(path)
-
-    assert [(p.file, p.section) for p in configuration.problems] == [(path, "consul:dup"),
-                                                                    (str(included), "consul:dup")]
     assert set(configuration.services) == {"web"}
     assert str(included) in configuration.files
 

@@ -703,3 +703,17 @@ def test_an_instance_of_the_owner_id_an_earlier_version_gave_is_replaced(world, 
     world.round()
     assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL),
                                    ("deregister", sid("web", legacy))]
+
+
+def test_sighup_reconciles_at_once_even_while_the_agent_is_backed_off(world):
+    world.agent.unreachable = True
+    world.deliver()
+    world.deliver()  # backed off now: 2 s until the next try
+    world.agent.unreachable = False  # a real agent answers again on that address
+    reads = world.agent.reads
+    world.sync.inbox = inbox = Inbox()
+    inbox.request_reconcile(retry_refused=True)  # SIGHUP
+    inbox.close()
+    world.sync.run()
+    assert world.agent.reads == reads + 1
+    assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL)]
