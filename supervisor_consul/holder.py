@@ -13,7 +13,7 @@ from collections.abc import Callable
 from . import claim, plan
 from .agent import Agent, ConsulError
 from .config import Configuration
-from .health import PASSING, Health
+from .health import CRITICAL, PASSING, Health
 
 log = logging.getLogger("supervisor_consul")
 TTL = "15s"  # the claim's own TTL check
@@ -76,7 +76,10 @@ class Holder:
             if decision.verdict is claim.Verdict.TAKE or self._registered != self._registration.fingerprint:
                 if seen is not None:
                     log.info("taking over owner id %s: %s", self.owner, decision.why)
-                self.agent.register(self._registration, health, initial=PASSING)
+                # Critical first, as new instances are, so the note reaches the catalog at once; a
+                # passing claim stays passing, so no alias of it blinks.
+                initial = PASSING if seen is not None and seen.status == PASSING else CRITICAL
+                self.agent.register(self._registration, health, initial=initial)
                 self._registered = self._registration.fingerprint
                 again = self.agent.read_claim(self.owner)
                 if again is None or again.incarnation != self.keeper.me:
@@ -110,7 +113,7 @@ class Holder:
     def _note(self, instances: int) -> str:
         # The time moves with every heartbeat: how a listener in another pid namespace sees we are alive.
         when = time.strftime("%H:%M:%S", time.localtime(self._wall()))
-        return f"supervisord pid {self.keeper.me.pid} with {instances} instance(s) registered, as of {when}"
+        return f"supervisord pid {self.keeper.me.pid} serves {instances} process(es) in Consul, as of {when}"
 
     def _yielding(self, decision: claim.Decision) -> str:
         assert self._registration is not None

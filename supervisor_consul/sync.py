@@ -419,7 +419,7 @@ class Sync:
             return 0
         now = self._monotonic()
         try:
-            may_act = self.holder.may_act(now, len(self.actual), force=fresh)
+            may_act = self.holder.may_act(now, len(self.registrations), force=fresh)
         except ConsulError as exc:
             self._agent_failed(exc)
             return 0
