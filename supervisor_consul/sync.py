@@ -153,7 +153,6 @@ class Sync:
         self._backoff = BACKOFF_FIRST
         self._failed_rounds = 0  # in a row, each met with a bug
         self._retry_at: dict[str, float] = {}  # service ID -> when to retry a refused operation
-        self._heartbeat_every = IDLE_WAKEUP  # the shortest ttl/3 of any registration
         self._wake_at: dict[str, float] = {}  # namespec -> when supervisord should find it RUNNING
         self._maintenance_read_at = 0.0  # monotonic time the agent's maintenance checks were last read
         self._heartbeat_due = math.inf  # monotonic time the first heartbeat falls due
@@ -220,7 +219,7 @@ class Sync:
 
     def _wait(self) -> float:
         now = self._monotonic()
-        return max(0.0, min(self._heartbeat_every, self._reconcile_at - now, self._heartbeat_due + HEARTBEAT_SLACK - now,
+        return max(0.0, min(IDLE_WAKEUP, self._reconcile_at - now, self._heartbeat_due + HEARTBEAT_SLACK - now,
                             *(at - now for at in self._wake_at.values())))
 
     # -- RUNNING without supervisord's extra second ---------------------------------
@@ -343,8 +342,6 @@ class Sync:
         self._built_claimed = self.holder.claimed
         self.registrations = {ns: plan.registration(spec, self.owner, self.host, self._built_claimed)
                               for ns, spec in self.configuration.services.items()}
-        self._heartbeat_every = min([IDLE_WAKEUP, *(r.ttl_seconds / plan.HEARTBEATS_PER_TTL
-                                                    for r in self.registrations.values() if r.ttl_check_id)])
 
     def _read_supervisor(self) -> None:
         assert self.supervisor is not None
@@ -418,6 +415,7 @@ class Sync:
         if self.actual is None or self.configuration is None:
             return 0
         now = self._monotonic()
+        self._heartbeat_due = math.inf  # until this round has sent what it sends
         try:
             may_act = self.holder.may_act(now, len(self.registrations), force=fresh)
         except ConsulError as exc:
@@ -455,15 +453,18 @@ class Sync:
                 break
             else:
                 self._operation_failed(operation, exc)
-        self._heartbeat_due = self._first_heartbeat_due()
+        self._heartbeat_due = self._next_heartbeat_due(now)
         return applied
 
-    def _first_heartbeat_due(self) -> float:
-        """When the first TTL check falls due: the loop wakes then, rather than on a
-        1 s beat that would let a heartbeat of a ttl of 3 s come up to 2 s apart."""
+    def _next_heartbeat_due(self, now: float) -> float:
+        """When the next TTL check falls due: the loop wakes then, rather than on a
+        1 s beat that would let heartbeats of a ttl of 3 s come up to 2 s apart.
+        One already due was just sent, or is held back (refused, nothing to carry):
+        waking for it would only spin."""
         assert self.actual is not None
-        due = [have.updated_at + r.ttl_seconds / plan.HEARTBEATS_PER_TTL for r in self.registrations.values()
-               if r.ttl_check_id and (have := self.actual.get(r.service_id)) is not None]
+        due = [at for r in self.registrations.values() if r.ttl_check_id
+               and (have := self.actual.get(r.service_id)) is not None
+               and (at := have.updated_at + r.ttl_seconds / plan.HEARTBEATS_PER_TTL) > now]
         return min(due, default=math.inf)
 
     def _watch_lag(self, heartbeats: list[UpdateTTL], now: float) -> None:

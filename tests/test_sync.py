@@ -717,3 +717,22 @@ def test_sighup_reconciles_at_once_even_while_the_agent_is_backed_off(world):
     world.sync.run()
     assert world.agent.reads == reads + 1
     assert world.take_writes() == [("register", sid("web"), RUNNING_42, CRITICAL)]
+
+
+def test_the_loop_wakes_when_the_next_heartbeat_is_due_and_never_spins():
+    world = World(service("web", ttl="1500ms"))
+    world.supervisor.set("web", "RUNNING", pid=42)
+    world.round()
+    assert world.sync._wait() == pytest.approx(0.5 + 0.05)  # ttl / 3, and the slack that batches
+    world.monotonic.advance(0.2)
+    assert world.sync._wait() == pytest.approx(0.3 + 0.05)
+    refused = ConsulError("refused PUT /v1/agent/check/pass: 403 Permission denied", status=403)
+    world.agent.update_ttl = lambda *a, **k: (_ for _ in ()).throw(refused)
+    world.monotonic.advance(0.5)
+    world.sync.converge()  # refused: held back for 30 s, which must not make the loop spin meanwhile
+    assert world.sync._wait() == pytest.approx(1.0)
+    world.agent.unreachable = True
+    del world.agent.update_ttl
+    world.monotonic.advance(30)
+    world.sync.converge()
+    assert world.sync._wait() == pytest.approx(1.0)  # the idle beat, never 0
