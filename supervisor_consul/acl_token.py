@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 log = logging.getLogger("supervisor_consul")
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # what an HTTP header carries as is
+CONDITION = "token"  # the log's condition for a token the agent does not know: one cause of every refusal
 
 
 class TokenError(ValueError):

@@ -31,10 +31,13 @@ TIMEOUT = 5.0  # seconds; the sync loop must never hang on a dead agent
 class ConsulError(Exception):
     """The agent refused or could not be reached; the message is one line for the log."""
 
-    def __init__(self, message: str, unreachable: bool = False, status: int | None = None) -> None:
+    def __init__(self, message: str, unreachable: bool = False, status: int | None = None,
+                 token_unknown: str = "") -> None:
         super().__init__(message)
         self.unreachable = unreachable
         self.status = status  # the HTTP status the agent answered, when it answered
+        # The agent knows no such token: true of every call, so said once for all of them, in these words.
+        self.token_unknown = token_unknown
 
     @property
     def lost(self) -> bool:
@@ -169,8 +172,11 @@ class Agent:
                 # The token file was rotated and the old token deleted: the new one may do.
                 return self._call(what, function, *args, need=need, **kwargs)
             secrets = self.token.secrets
+            advice = self._acl_advice(_text(exc, *secrets), need)
+            unknown = (f"Consul agent at {self.endpoint} answers 403 ACL not found; {advice}"
+                       if _ACL_NOT_FOUND in str(exc) else "")
             raise self._error(f"Consul agent at {self.endpoint} refused {what}: 403 {_text(exc, *secrets)}; "
-                              f"{self._acl_advice(_text(exc, *secrets), need)}", status=403) from exc
+                              f"{advice}", status=403, token_unknown=unknown) from exc
         except consul.ACLDisabled as exc:
             raise self._error(f"Consul agent at {self.endpoint} refused {what}: 401 {_text(exc, *self.token.secrets)}",
                               status=401) from exc

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from . import claim, plan
+from . import acl_token, claim, plan
 from .agent import Agent, ConsulError
 from .config import Configuration
 from .health import CRITICAL, PASSING, Health
@@ -29,7 +29,7 @@ class Standing(enum.Enum):
 
 
 class Holder:
-    def __init__(self, agent: Agent, keeper: claim.Keeper, report: Callable[[str, str, int], None],
+    def __init__(self, agent: Agent, keeper: claim.Keeper, report: Callable[..., None],
                  clear: Callable[[str, str | None], None], wall: Callable[[], float] = time.time) -> None:
         self.agent = agent
         self.keeper = keeper
@@ -93,6 +93,9 @@ class Holder:
                 raise
             if exc.lost:  # the agent forgot it (restarted): register it again at the next look
                 self._due, self._registered = now, ""
+                return
+            if exc.token_unknown:  # refuses everything, not the claim: nothing to change but the token
+                self._report(acl_token.CONDITION, str(exc), logging.WARNING, once=True)
                 return
             self.standing = Standing.UNCLAIMED
             self._due = now + REFUSED_RETRY

@@ -23,7 +23,7 @@ from typing import Any
 
 from supervisor.options import make_namespec
 
-from . import claim, config, durations, health, holder, plan, sending
+from . import acl_token, claim, config, durations, health, holder, plan, sending
 from .agent import Agent, ConsulError
 from .config import Configuration, ServiceSpec
 from .events import GroupsChanged, Hint, ProcessStateChange, SupervisorStateChange
@@ -115,8 +115,9 @@ class Conditions:
         self._current: dict[str, str] = {}
 
     def report(self, key: str, message: str, level: int = logging.WARNING,
-               exc_info: BaseException | None = None) -> None:
-        if self._current.get(key) != message:
+               exc_info: BaseException | None = None, once: bool = False) -> None:
+        """`once`: said once until cleared, whatever the message (one cause, many calls)."""
+        if self._current.get(key) != message and not (once and key in self._current):
             self._current[key] = message
             log.log(level, "%s", message, exc_info=exc_info)
 
@@ -395,6 +396,7 @@ class Sync:
             self._agent_failed(exc)
             return False
         self.actual = {sid: self._keep_heartbeat_time(have) for sid, have in fresh.items()}
+        self.conditions.clear(acl_token.CONDITION, "the Consul agent accepts the token again")
         self.conditions.clear("agent", f"Consul agent at {self.agent.endpoint} answers again; reconciled")
         self._backoff = BACKOFF_FIRST
         self._reconcile_at = self._monotonic() + RECONCILE_EVERY
@@ -538,6 +540,7 @@ class Sync:
             log.info("deregistered %s", sid)
         self._retry_at.pop(sid, None)
         self.conditions.clear(f"op:{sid}", f"{sid}: the agent accepts it again")
+        self.conditions.clear(acl_token.CONDITION, "the Consul agent accepts the token again")
 
     def _operation_failed(self, operation: Operation, exc: ConsulError) -> None:
         """One instance refused: the others go on; this one is retried later."""
@@ -550,11 +553,17 @@ class Sync:
             log.debug("%s; reconciling", exc)
             return
         self._retry_at[sid] = self._monotonic() + REFUSED_RETRY
-        self.conditions.report(f"op:{sid}", f"{exc}; retrying every {REFUSED_RETRY:g}s")
+        if exc.token_unknown:
+            self.conditions.report(acl_token.CONDITION, f"{exc}; retrying every {REFUSED_RETRY:g}s", once=True)
+        else:
+            self.conditions.report(f"op:{sid}", f"{exc}; retrying every {REFUSED_RETRY:g}s")
 
     def _agent_failed(self, exc: ConsulError) -> None:
         self.actual = None
-        self.conditions.report("agent", str(exc))
+        if exc.token_unknown:
+            self.conditions.report(acl_token.CONDITION, str(exc), once=True)
+        else:
+            self.conditions.report("agent", str(exc))
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:

@@ -38,6 +38,8 @@ name={service}
 ttl={TTL}s
 """ + stanza)
         converge(own_agent, sv, timeout=120)
+        # The start-up burst may have run a heartbeat late on a loaded machine; what counts is after it.
+        before = len(listener_log(sv))
         proxy.delay = DELAY  # from now on every request waits 20 ms
 
         def process_checks() -> list[str]:
@@ -52,15 +54,16 @@ ttl={TTL}s
             critical += sum(status != "passing" for status in statuses)
             time.sleep(0.2)
         assert critical == 0, f"{critical} of {samples} samples not passing"
-        assert "heartbeats fall behind" not in listener_log(sv)
+        assert "heartbeats fall behind" not in listener_log(sv)[before:]
+        before = len(listener_log(sv))
 
         # Far slower than parallel sending can make up for: said once, and its end.
         proxy.delay = 0.1
-        wait_for(lambda: "heartbeats fall behind" in listener_log(sv), timeout=30, message="the lag warned")
+        wait_for(lambda: "heartbeats fall behind" in listener_log(sv)[before:], timeout=30, message="the lag warned")
         proxy.delay = 0.0
-        wait_for(lambda: "heartbeats keep up with their TTLs again" in listener_log(sv), timeout=60,
+        wait_for(lambda: "heartbeats keep up with their TTLs again" in listener_log(sv)[before:], timeout=60,
                  message="the lag's end said")
-        assert listener_log(sv).count("heartbeats fall behind") == 1
+        assert listener_log(sv)[before:].count("heartbeats fall behind") == 1
         seconds = converge(own_agent, sv, timeout=60)
         converged(seconds, f"{samples} samples over {5 * TTL} s through a 20 ms proxy: {critical} not passing; "
                            f"at 100 ms the lag was said once, and its end")

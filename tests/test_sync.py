@@ -736,3 +736,28 @@ def test_the_loop_wakes_when_the_next_heartbeat_is_due_and_never_spins():
     world.monotonic.advance(30)
     world.sync.converge()
     assert world.sync._wait() == pytest.approx(1.0)  # the idle beat, never 0
+
+
+def test_an_unknown_token_is_said_once_for_every_instance_and_its_end_too(caplog):
+    world = World(*(service(f"p{i}") for i in range(5)))
+    for i in range(5):
+        world.supervisor.set(f"p{i}", "RUNNING", pid=42)
+    world.round()
+    caplog.set_level(logging.INFO, logger="supervisor_consul")
+    unknown = "Consul agent at http://127.0.0.1:8500 answers 403 ACL not found; ..."
+    fake = world.agent.update_ttl
+
+    def update_ttl(check_id, health, service=""):
+        if service != "supervisord":
+            raise ConsulError(f"refused PUT /v1/agent/check/pass ({check_id}): 403 ACL not found", status=403,
+                              token_unknown=unknown)
+        return fake(check_id, health, service)
+
+    world.agent.update_ttl = update_ttl
+    world.monotonic.advance(5)
+    world.sync.converge()
+    assert caplog.text.count("403 ACL not found") == 1  # not once per instance
+    del world.agent.update_ttl
+    world.monotonic.advance(30)
+    world.sync.converge()
+    assert caplog.text.count("the Consul agent accepts the token again") == 1
