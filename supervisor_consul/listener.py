@@ -57,7 +57,7 @@ class Listener:
 
     def _take(self, event) -> None:
         self._notice_gap(event)
-        # supervisord redelivers an event another listener rejected (supervisor-facts.md §1).
+        # supervisord redelivers an event another listener rejected, into every pool of its priority.
         if event.serial and event.serial in self._recent:
             log.debug("event %s seen before; skipped", event.serial)
             return

@@ -2,7 +2,7 @@
 
 supervisord sends `HEADER\\n` then `len` characters of payload and waits for
 `RESULT <n>\\n<result>`; we then say `READY\\n` for the next one.  Two details
-bite (see supervisor-facts.md): `len` counts *characters* of the UTF-8 text
+bite: `len` counts *characters* of the UTF-8 text
 (supervisor 4, issue #1243), and nothing may follow `OK` - a newline there is
 read as the start of the next token and wedges the listener in UNKNOWN.
 """

@@ -15,7 +15,7 @@ def event(eventname: str, payload: str = ""):
     return read_event(io.StringIO(text, newline=""))
 
 
-# Payloads as supervisord 4.3.0 builds them (supervisor-facts.md §1).
+# Payloads as supervisord 4.3.0 builds them (supervisor/events.py): no trailing newline but GROUP's.
 @pytest.mark.parametrize("eventname, payload, expected", [
     ("PROCESS_STATE_STARTING", "processname:web groupname:web from_state:STOPPED tries:0",
      ProcessStateChange("web", "STARTING", "STOPPED", 0, None)),

@@ -1,6 +1,6 @@
 """The event-listener protocol (protocol.py) and the event loop (listener.py).
 
-See supervisor-facts.md §1: `len` counts characters, the payload is read
+As supervisord 4 speaks it: `len` counts characters, the payload is read
 untranslated, and stdout carries nothing but `READY\\n` and `RESULT 2\\nOK`.
 """
 from __future__ import annotations
