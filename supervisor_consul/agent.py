@@ -26,6 +26,7 @@ from .transport import MiB, BoundedAdapter, DeadlineExceeded, ResponseTooLarge
 
 log = logging.getLogger("supervisor_consul")
 TIMEOUT = 5.0  # seconds; the sync loop must never hang on a dead agent
+REFUSED_RETRY = 30.0  # seconds: what the agent refuses (403, 400) is asked again this often, or on SIGHUP
 
 
 class ConsulError(Exception):

@@ -11,14 +11,13 @@ import time
 from collections.abc import Callable
 
 from . import acl_token, claim, plan
-from .agent import Agent, ConsulError
+from .agent import REFUSED_RETRY, Agent, ConsulError
 from .config import Configuration
 from .health import CRITICAL, PASSING, Health
 
 log = logging.getLogger("supervisor_consul")
 TTL = "15s"  # the claim's own TTL check
 EVERY = 5.0  # seconds between looks at the claim (and heartbeats of it): a third of TTL
-REFUSED_RETRY = 30.0  # a claim the agent refuses (ACL) is asked for again this often, or on SIGHUP
 
 
 class Standing(enum.Enum):

@@ -24,7 +24,7 @@ from typing import Any
 from supervisor.options import make_namespec
 
 from . import acl_token, claim, config, durations, health, holder, plan, sending
-from .agent import Agent, ConsulError
+from .agent import REFUSED_RETRY, Agent, ConsulError
 from .config import Configuration, ServiceSpec
 from .events import GroupsChanged, Hint, ProcessStateChange, SupervisorStateChange
 from .health import ProcessStatus
@@ -36,7 +36,6 @@ RECONCILE_EVERY = 60.0
 # The agent is local and reading it is cheap: probe often, so an agent that
 # answers again is reconciled within seconds.
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 5.0
-REFUSED_RETRY = 30.0  # an operation the agent refuses (403, 400) is retried this often
 MAX_PENDING_HINTS = 100_000  # past this, hints are dropped for one reconcile
 IDLE_WAKEUP = 1.0  # the loop looks at least this often
 HEARTBEAT_SLACK = 0.05  # seconds past the first due heartbeat: those due just after go in the same round
