@@ -113,3 +113,22 @@ def rss_and_fds(pid: int) -> tuple[float, int]:
     with open(f"/proc/{pid}/status") as f:
         rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
     return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def descriptors(pid: int) -> tuple[int, int, int]:
+    """(connections, socket descriptors, every other descriptor) open in pid.
+    Kept-alive connections to the agent come and go up to the connection
+    pool's size, each held by two descriptors (the watchdog's duplicate,
+    transport.py); the rest (pipes, files) must stay as they were."""
+    sockets: list[str] = []
+    others = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue  # closed while listed
+        if target.startswith("socket:"):
+            sockets.append(target)
+        else:
+            others += 1
+    return len(set(sockets)), len(sockets), others
