@@ -34,7 +34,7 @@ in its own transition(), so a listener pool ordered before the programs
 (priority=-2 < 999) sees a RUNNING found in the same pass only on the next
 pass: up to a second later when nothing else wakes supervisord.  The
 listener therefore wakes supervisord (one getState) once a program's
-startsecs have passed (sync.py, Sync._wake_supervisord).  Two more rows show
+startsecs have passed (waking.py, RunningWakeup).  Two more rows show
 the cause with that wake turned off: priority=-2 waits a second, a listener
 ordered after the programs (priority=1000) does not.
 
@@ -78,8 +78,8 @@ class Sample:
 
 
 # The listener as before the wake: for the rows that show the cause, never for the figure judged.
-WITHOUT_WAKE = ('-c "import sys, supervisor_consul.sync as s, supervisor_consul.cli as c; '
-                's.Sync._expect_running = lambda self, change: None; sys.exit(c.main())"')
+WITHOUT_WAKE = ('-c "import sys, supervisor_consul.waking as w, supervisor_consul.cli as c; '
+                'w.RunningWakeup.expect = lambda self, change, spec: None; sys.exit(c.main())"')
 
 
 def stanza(agent: ConsulAgent, priority: int, wake: bool = True) -> str:

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from . import __version__, config, logtext, maintenance, snapshot, status
 from .agent import Agent
 from .connection import SETTINGS, Connection, SettingError, connection
+from .inbox import Inbox
 from .listener import Listener
 from .protocol import protocol_streams
-from .sync import Inbox, NotReady, Sync
+from .sync import NotReady, Sync
 
 log = logging.getLogger("supervisor_consul")
 DRAIN_SECONDS = 5.0  # after EOF or SIGTERM, how long pending Consul work may take

@@ -12,8 +12,8 @@ from collections import deque
 from typing import TextIO
 
 from .events import hint_for
+from .inbox import Inbox
 from .protocol import READY, RESULT_OK, Unreadable, read_event, send
-from .sync import Inbox
 
 log = logging.getLogger("supervisor_consul")
 RECENT_SERIALS = 1024

@@ -14,115 +14,41 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from supervisor.options import make_namespec
 
 from . import acl_token, claim, config, durations, health, holder, plan, sending
 from .agent import REFUSED_RETRY, Agent, ConsulError
+from .conditions import Conditions
 from .config import Configuration, ServiceSpec
 from .events import GroupsChanged, Hint, ProcessStateChange, SupervisorStateChange
 from .health import ProcessStatus
 from .holder import Holder
+from .inbox import Batch, Inbox
 from .plan import Actual, Deregister, Desired, Operation, Register, Registration, UpdateTTL
 from .rpc import Supervisor, SupervisorError, Waker, for_configuration
+from .waking import RunningWakeup
 
 RECONCILE_EVERY = 60.0
 # The agent is local and reading it is cheap: probe often, so an agent that
 # answers again is reconciled within seconds.
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 5.0
-MAX_PENDING_HINTS = 100_000  # past this, hints are dropped for one reconcile
 IDLE_WAKEUP = 1.0  # the loop looks at least this often
 HEARTBEAT_SLACK = 0.05  # seconds past the first due heartbeat: those due just after go in the same round
 CLAIM_REAPED_AFTER_INSTANCES = 60  # seconds: Consul's reaper runs every 30 s
 # A heartbeat is due at a third of the ttl: at two thirds one has been missed, at one the check expires.
 LAG_WARNING, LAG_CLEARED = 2 / 3, 1 / 2
 MAINTENANCE_POLL = 5.0  # how often to look for a lifted maintenance on instances without a TTL check
-WAKE_MARGIN = 0.0005  # seconds past startsecs before waking supervisord: float rounding (see _expect_running)
 
 log = logging.getLogger("supervisor_consul")
 
 
-@dataclass
-class Batch:
-    hints: list[Hint] = field(default_factory=list)
-    reconcile: bool = False
-    retry_refused: bool = False  # an operator asked (SIGHUP): retry refused operations now too
-    closed: bool = False
-
-
-class Inbox:
-    """Hints from the event loop to the sync loop.  Posting never waits on I/O."""
-
-    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._ready = threading.Condition()
-        self._hints: deque[Hint] = deque()
-        self._reconcile = False
-        self._retry_refused = False
-        self._closed = False
-        self._monotonic = monotonic
-        self.heard_at = 0.0  # monotonic time the last event of any kind arrived
-
-    def heard(self) -> None:
-        """An event arrived: supervisord's main loop is awake."""
-        self.heard_at = self._monotonic()
-
-    def post(self, hint: Hint) -> None:
-        with self._ready:
-            if len(self._hints) >= MAX_PENDING_HINTS:
-                self._hints.clear()
-                self._reconcile = True
-            self._hints.append(hint)
-            self._ready.notify()
-
-    def request_reconcile(self, retry_refused: bool = False) -> None:
-        """retry_refused: the operator may just have fixed what the agent refused
-        (a policy, a token), so don't wait out REFUSED_RETRY."""
-        with self._ready:
-            self._reconcile = True
-            self._retry_refused |= retry_refused
-            self._ready.notify()
-
-    def close(self) -> None:
-        with self._ready:
-            self._closed = True
-            self._ready.notify()
-
-    def take(self, timeout: float) -> Batch:
-        with self._ready:
-            if not (self._hints or self._reconcile or self._closed):
-                self._ready.wait(timeout)
-            batch = Batch(list(self._hints), self._reconcile, self._retry_refused, self._closed)
-            self._hints.clear()
-            self._reconcile = self._retry_refused = False
-            return batch
-
-
 class NotReady(Exception):
     """The listener cannot start: one line saying what to fix."""
-
-
-class Conditions:
-    """Logs a condition once when it starts or changes, and once when it clears."""
-
-    def __init__(self) -> None:
-        self._current: dict[str, str] = {}
-
-    def report(self, key: str, message: str, level: int = logging.WARNING,
-               exc_info: BaseException | None = None, once: bool = False) -> None:
-        """`once`: said once until cleared, whatever the message (one cause, many calls)."""
-        if self._current.get(key) != message and not (once and key in self._current):
-            self._current[key] = message
-            log.log(level, "%s", message, exc_info=exc_info)
-
-    def clear(self, key: str, recovered: str | None = None) -> None:
-        if self._current.pop(key, None) is not None and recovered:
-            log.info("%s", recovered)
 
 
 class Sync:
@@ -153,10 +79,9 @@ class Sync:
         self._backoff = BACKOFF_FIRST
         self._failed_rounds = 0  # in a row, each met with a bug
         self._retry_at: dict[str, float] = {}  # service ID -> when to retry a refused operation
-        self._wake_at: dict[str, float] = {}  # namespec -> when supervisord should find it RUNNING
         self._maintenance_read_at = 0.0  # monotonic time the agent's maintenance checks were last read
         self._heartbeat_due = math.inf  # monotonic time the first heartbeat falls due
-        self._waker = waker or Waker()
+        self._wakeup = RunningWakeup(waker or Waker(), monotonic)  # RUNNING without supervisord's extra second
         self._legacy_owners: tuple[str, ...] = ()  # ids earlier versions gave this supervisord
         # The listener's parent is the supervisord it serves.
         keeper = claim.Keeper(incarnation or claim.incarnation_of(os.getppid()), durations.seconds(holder.TTL))
@@ -192,7 +117,7 @@ class Sync:
         for namespec in exited:
             if self.statuses[namespec].state == "EXITED":
                 self.statuses[namespec] = self._with_exitstatus(namespec, self.statuses[namespec])
-        self._wake_supervisord()
+        self._wakeup.wake_due(self.supervisor, self.inbox.heard_at)
         if wants_reconcile and (self.actual is not None or batch.retry_refused):
             # While the agent is down the backoff decides when to try again, unless an operator says now (HUP).
             self._reconcile_at = self._monotonic()
@@ -220,38 +145,7 @@ class Sync:
     def _wait(self) -> float:
         now = self._monotonic()
         return max(0.0, min(IDLE_WAKEUP, self._reconcile_at - now, self._heartbeat_due + HEARTBEAT_SLACK - now,
-                            *(at - now for at in self._wake_at.values())))
-
-    # -- RUNNING without supervisord's extra second ---------------------------------
-
-    def _expect_running(self, change: ProcessStateChange) -> None:
-        """After STARTING, supervisord turns a process RUNNING in the first pass of
-        its main loop once startsecs have gone by.  When nothing else wakes it,
-        that pass comes when poll() times out, and a listener pool ordered before
-        the program (priority=-2) has already had its turn in that pass: the
-        RUNNING event waits for the next pass, a second later.  So note when the
-        pass that finds it RUNNING is due, and wake supervisord then."""
-        if change.state != "STARTING":
-            self._wake_at.pop(change.namespec, None)
-            return
-        spec = self.configuration.services.get(change.namespec) if self.configuration else None
-        if spec is not None and spec.startsecs > 0:
-            # The event came after the spawn, so this is after supervisord's threshold.
-            self._wake_at[change.namespec] = self._monotonic() + spec.startsecs + WAKE_MARGIN
-
-    def _wake_supervisord(self) -> None:
-        """One cheap request wakes supervisord's loop for a few passes: the first
-        turns every due process RUNNING, the next sends the events.  Not needed
-        when an event arrived after a process was due: each answer we give wakes
-        supervisord again, so its events follow anyway (as during a burst)."""
-        now = self._monotonic()
-        due = [at for at in self._wake_at.values() if at <= now]
-        if not due:
-            return
-        self._wake_at = {namespec: at for namespec, at in self._wake_at.items() if at > now}
-        if max(due) <= self.inbox.heard_at or self.supervisor is None:
-            return
-        self._waker(self.supervisor)
+                            self._wakeup.next_due() - now))
 
     # -- desired state --------------------------------------------------------
 
@@ -259,7 +153,7 @@ class Sync:
         """Take in one hint; True when it calls for a full reconcile.  `exited` collects
         the processes whose exit status to ask supervisord for."""
         if isinstance(hint, ProcessStateChange):
-            self._expect_running(hint)
+            self._wakeup.expect(hint, self.configuration.services.get(hint.namespec) if self.configuration else None)
             status = health.fold(self.statuses.get(hint.namespec), hint, self._wall())
             if status.state == "EXITED" and hint.namespec in self.registrations:
                 exited.add(hint.namespec)

@@ -48,9 +48,9 @@ from supervisor.options import make_namespec
 
 from supervisor_consul import protocol
 from supervisor_consul.events import GroupsChanged, ProcessStateChange, SupervisorStateChange
+from supervisor_consul.inbox import Inbox
 from supervisor_consul.listener import Listener
 from supervisor_consul.protocol import MalformedHeader, OversizedEvent, parse_header, read_event
-from supervisor_consul.sync import Inbox
 from tests.harness import Supervisord, free_port, listener, wait_for
 from tests.test_integration import instances, listener_log, status_of, unique, wait_passing
 

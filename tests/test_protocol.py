@@ -13,9 +13,9 @@ import pytest
 from supervisor_consul import listener as listener_module
 from supervisor_consul import protocol
 from supervisor_consul.events import GroupsChanged, ProcessStateChange, SupervisorStateChange
+from supervisor_consul.inbox import Inbox
 from supervisor_consul.listener import Listener
 from supervisor_consul.protocol import MalformedHeader, read_event
-from supervisor_consul.sync import Inbox
 
 PROTOCOL_ONLY = re.compile(r"^READY\n(RESULT 2\nOKREADY\n)*$")
 

@@ -12,9 +12,10 @@ from supervisor_consul.agent import ConsulError
 from supervisor_consul.config import Configuration, ServiceSpec
 from supervisor_consul.events import GroupsChanged, ProcessStateChange, SupervisorStateChange
 from supervisor_consul.health import CRITICAL, PASSING, Health
+from supervisor_consul.inbox import Inbox
 from supervisor_consul.plan import Actual
 from supervisor_consul.rpc import SupervisorError
-from supervisor_consul.sync import Inbox, Sync
+from supervisor_consul.sync import Sync
 
 CONFIGFILE = "/etc/supervisor/supervisord.conf"
 HOST = "node1"
