@@ -58,8 +58,8 @@ from pathlib import Path
 import requests
 
 from bench.report import Row
-from supervisor_consul import plan
-from supervisor_consul.config import ServiceSpec
+from supervisor_consul import instance
+from supervisor_consul.schema import ServiceSpec
 from tests.harness import ConsulAgent, Supervisord, listener, wait_for
 
 TARGET = "median <= 10 ms, p99 <= 50 ms"
@@ -207,7 +207,7 @@ def limit(agent: ConsulAgent, count: int, idle: float = 0.0) -> list[float]:
     """register + TTL pass, as the listener sends them, from one keep-alive session;
     `idle` seconds of nothing before each round."""
     spec = ServiceSpec(namespec=PROGRAM, group=PROGRAM, process=PROGRAM, name=f"bench-limit-{uuid.uuid4().hex[:6]}")
-    registration = plan.registration(spec, "benchlimit00", "bench-host")
+    registration = instance.of(spec, "benchlimit00", "bench-host")
     body = {k: v for k, v in registration.payload("critical").items() if v or k not in ("Port", "Address")}
     base = f"http://{agent.http_addr}/v1/agent"
     times = []

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from bench import requestlog
 from bench.footprint import cpu_seconds
 from bench.report import Row
-from supervisor_consul import config, plan
+from supervisor_consul import config, instance
 from supervisor_consul.health import CRITICAL
 from tests.harness import ConsulAgent, wait_for
 
@@ -203,13 +203,13 @@ def supervisord_conf(path: pathlib.Path, socket_path: str, names: list[str]) -> 
 
 def agent_state(http_addr: str, owner: str) -> dict[str, tuple[str, str]]:
     """Program name -> (status, note) of its process-state check, for our instances."""
-    prefix = f"{plan.ID_PREFIX}:{owner}:"
+    prefix = f"{instance.ID_PREFIX}:{owner}:"
     checks = requestlog.get(http_addr, "/v1/agent/checks")
     services = requestlog.get(http_addr, "/v1/agent/services")
     state = {}
     for sid in services:
         if sid.startswith(prefix):
-            check = checks.get(plan.ttl_check_id(sid)) or {}
+            check = checks.get(instance.ttl_check_id(sid)) or {}
             state[sid[len(prefix):]] = (check.get("Status", "?"), check.get("Output", "?"))
     return state
 
@@ -269,7 +269,7 @@ def replay(http_addr: str, calls: list[tuple[str, str, bytes | None]]) -> float:
         connection.close()
 
 
-def per_event_calls(steps: list[Step], registrations: dict[str, plan.Registration], owner: str
+def per_event_calls(steps: list[Step], registrations: dict[str, instance.Registration], owner: str
                     ) -> list[tuple[str, str, bytes | None]]:
     """The raw loop as a listener without coalescing: each event's own calls, in order
     (register where the listener would register, then the TTL update; STARTING nothing).
@@ -278,11 +278,11 @@ def per_event_calls(steps: list[Step], registrations: dict[str, plan.Registratio
     registered: set[str] = set()
 
     def update(sid: str, verb: str, note: str) -> None:
-        calls.append(("PUT", f"/v1/agent/check/{verb}/{plan.ttl_check_id(sid)}?{urllib.parse.urlencode({'note': note})}",
+        calls.append(("PUT", f"/v1/agent/check/{verb}/{instance.ttl_check_id(sid)}?{urllib.parse.urlencode({'note': note})}",
                       None))
 
     for step in steps:
-        sid = plan.service_id(owner, step.name)
+        sid = instance.service_id(owner, step.name)
         if step.state in ("RUNNING", "EXITED") and sid not in registered:
             calls.append(("PUT", "/v1/agent/service/register?replace-existing-checks=true",
                           json.dumps(registrations[sid].payload(CRITICAL)).encode()))
@@ -302,11 +302,11 @@ def per_event_calls(steps: list[Step], registrations: dict[str, plan.Registratio
 def reset(http_addr: str, owner: str) -> None:
     """The agent as before the first event: none of the listener's instances."""
     for sid in requestlog.get(http_addr, "/v1/agent/services"):
-        if sid.startswith(f"{plan.ID_PREFIX}:{owner}:"):
+        if sid.startswith(f"{instance.ID_PREFIX}:{owner}:"):
             requestlog.put(http_addr, f"/v1/agent/service/deregister/{sid}")
 
 
-def replayable(requests: list[requestlog.Request], registrations: dict[str, plan.Registration]
+def replayable(requests: list[requestlog.Request], registrations: dict[str, instance.Registration]
                ) -> list[tuple[str, str, bytes | None]]:
     """The listener's requests as the raw loop makes them.  The agent does not log bodies: a
     register is followed by the TTL update of the same instance, which names it."""
@@ -410,7 +410,7 @@ def measure(count: int, total: int, pyspy: str | None = None) -> list[Row]:
         listener.stdin.close()
         listener.wait(timeout=30)
         configuration = config.read(str(conf))
-        registrations = {r.service_id: r for r in (plan.registration(spec, owner, platform.node())
+        registrations = {r.service_id: r for r in (instance.of(spec, owner, platform.node())
                                                      for spec in configuration.services.values())}
         calls = replayable(requests, registrations)
         reset(agent.http_addr, owner)

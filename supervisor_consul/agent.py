@@ -20,8 +20,9 @@ from .connection import OPENSSL_SOURCE_LINE, Connection, TLSAdapter, trust
 from .health import CRITICAL, PASSING, WARNING, Health
 from .logtext import escaped
 from .claim import INCARNATION_META, Incarnation, Seen
-from .plan import (ID_PREFIX, MAINTENANCE_PREFIX, OWNER_META, SPEC_META, Actual, Registration, claim_check_id,
-                   claim_id, is_owned, maintenance_reason, ttl_check_id)
+from .instance import (ID_PREFIX, MAINTENANCE_PREFIX, OWNER_META, SPEC_META, Registration, claim_check_id, claim_id,
+                       is_owned, maintenance_reason, ttl_check_id)
+from .plan import Actual
 from .transport import MiB, BoundedAdapter, DeadlineExceeded, ResponseTooLarge
 
 log = logging.getLogger("supervisor_consul")
@@ -143,6 +144,8 @@ class Agent:
         self._write(f"PUT /v1/agent/service/register ({registration.name})", self.client.agent.service.register,
                    registration.name, service_id=registration.service_id, address=registration.address or None,
                    port=registration.port or None, tags=payload["Tags"], meta=payload["Meta"],
+                   weights=payload.get("Weights"), enable_tag_override=payload.get("EnableTagOverride", False),
+                   tagged_addresses=payload.get("TaggedAddresses"),
                    check=checks[0] if checks else None, extra_checks=checks[1:],
                    replace_existing_checks=False, service=registration.name)
         for check_id in sorted(stale_checks):

@@ -13,40 +13,20 @@ import configparser
 import contextlib
 import getopt
 import os
-import re
+
 import shlex
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import supervisor.options as supervisor_options
 from supervisor.datatypes import dict_of_key_value_pairs, list_of_strings, process_or_group_name
 from supervisor.options import EventListenerPoolConfig, ServerOptions, expand, make_namespec
 
-from . import durations
+from . import schema
+from .schema import ServiceSpec
 
 SECTION_PREFIX = "consul:"
-META_PREFIX = "meta."
-KEYS = ("name", "port", "address", "tags", "check", "interval", "timeout", "ttl",
-        "deregister_after", "on_fatal")
-DEFAULTS = {
-    "check": "ttl",
-    "interval": "10s",
-    "timeout": "5s",
-    "ttl": "15s",
-    "deregister_after": "5m",
-    "on_fatal": "deregister",
-}
-ON_FATAL = ("deregister", "critical")
-MIN_TTL_SECONDS = 1
-# Meta keys we set ourselves; a user's meta may not shadow them.
-RESERVED_META = ("external-source", "supervisor-consul-owner", "supervisor-consul-spec",
-                 "supervisord-group", "supervisord-process", "supervisord-host")
-MAX_META_PAIRS = 64  # Consul's limit, our own keys included
-DNS_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>[0-9]{1,5})$")
-META_VALUE_BYTES = 512  # Consul counts bytes, not characters
 
 
 @dataclass(frozen=True)
@@ -67,45 +47,6 @@ class Problem:
 
 
 @dataclass(frozen=True)
-class ConsulCheck:
-    """A check Consul runs itself (HTTP or TCP), beside the process-state TTL check."""
-
-    kind: str  # "http" or "tcp"
-    target: str  # the URL, or HOST:PORT
-    interval: str
-    timeout: str
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """What one supervisord process should look like in Consul."""
-
-    namespec: str
-    group: str
-    process: str
-    name: str
-    port: int = 0
-    address: str = ""
-    tags: tuple[str, ...] = ()
-    meta: tuple[tuple[str, str], ...] = ()
-    ttl_check: bool = True  # False with `check = none`
-    check: ConsulCheck | None = None
-    ttl: str = DEFAULTS["ttl"]
-    deregister_after: str | None = DEFAULTS["deregister_after"]
-    on_fatal: str = DEFAULTS["on_fatal"]
-    exitcodes: tuple[int, ...] = (0,)
-    startsecs: float = 1.0  # the program's: RUNNING comes this long after STARTING
-
-    @property
-    def ttl_seconds(self) -> float:
-        return durations.seconds(self.ttl)
-
-    @property
-    def deregister_after_seconds(self) -> float | None:
-        return None if self.deregister_after is None else durations.seconds(self.deregister_after)
-
-
-@dataclass(frozen=True)
 class Configuration:
     """One reading of supervisord's configuration."""
 
@@ -117,6 +58,14 @@ class Configuration:
     files: tuple[str, ...] = ()  # every file read, for change detection
     server_configs: tuple[dict[str, Any], ...] = ()
     listeners: tuple[str, ...] = ()  # namespecs of the event listeners that run `supervisor-consul listen`
+
+    def of_process(self, namespec: str) -> tuple[ServiceSpec, ...]:
+        """The services registered for one process: its [consul:PROGRAM] first, then its further ones."""
+        return tuple(spec for spec in self.services.values() if spec.namespec == namespec)
+
+    def process(self, namespec: str) -> ServiceSpec | None:
+        """One of a process's specs, for what they share (exitcodes, startsecs)."""
+        return next(iter(self.of_process(namespec)), None)
 
 
 class ConfigNotFound(Exception):
@@ -135,7 +84,7 @@ def read(configfile: str) -> Configuration:
         return Configuration(configfile, readable=False,
                              problems=(Problem(configfile, "", None, None,
                                                "supervisord cannot read this configuration: "
-                                               + _short(exc)),))
+                                               + schema.short(exc)),))
     finally:
         options.close_poller()
     parser = options.parser
@@ -159,7 +108,7 @@ def read(configfile: str) -> Configuration:
     return Configuration(
         configfile=configfile,
         identifier=options.configroot.supervisord.identifier,
-        services={spec.namespec: spec for specs in by_section.values() for spec in specs},
+        services={spec.unit: spec for specs in by_section.values() for spec in specs},
         problems=tuple(problems),
         files=files,
         server_configs=tuple(options.configroot.supervisord.server_configs),
@@ -253,7 +202,8 @@ _UNHOSED = supervisor_options.UnhosedConfigParser  # supervisor's own, before _c
 
 
 class _MetaCaseParser(_UNHOSED):
-    """Keeps the case of `meta.KEY` keys: Consul meta keys are case-sensitive.
+    """Keeps the case of `meta.KEY` keys (Consul meta keys are case-sensitive)
+    and of header names (sent as written): schema.CASE_KEPT.
 
     Every other key is lower-cased as supervisord does, so supervisord's own
     lookups behave exactly as in supervisord.  It also notes the sections of
@@ -266,8 +216,10 @@ class _MetaCaseParser(_UNHOSED):
         self.file_sections: list[tuple[str, tuple[str, ...]]] = []  # (file, its sections), in reading order
 
     def optionxform(self, optionstr: str) -> str:
-        if optionstr[:len(META_PREFIX)].lower() == META_PREFIX:
-            return META_PREFIX + optionstr[len(META_PREFIX):]
+        for family in schema.CASE_KEPT:
+            match = family.match(optionstr)
+            if match:
+                return match[1].lower() + match[2]
         return optionstr.lower()
 
     def read_file(self, f: Any, source: str | None = None) -> None:
@@ -302,7 +254,18 @@ def _case_preserving_meta_keys() -> Iterator[None]:
 
 
 def _program_of(section: str) -> str:
-    return section[len(SECTION_PREFIX):].strip()
+    """The program a [consul:PROGRAM] or [consul:PROGRAM:KEY] section is for."""
+    return section[len(SECTION_PREFIX):].split(":", 1)[0].strip()
+
+
+def _key_of(section: str) -> str:
+    """KEY of a further service's section [consul:PROGRAM:KEY]; "" for [consul:PROGRAM]."""
+    _, _, key = section[len(SECTION_PREFIX):].partition(":")
+    return key.strip()
+
+
+def _service_of(section: str) -> tuple[str, str]:
+    return _program_of(section), _key_of(section)
 
 
 def _running(options: _Reader) -> dict[tuple[str, str], Any]:
@@ -331,25 +294,26 @@ def _ambiguous_sections(file_sections: list[tuple[str, tuple[str, ...]]]) -> dic
     registering one would publish a port or check nobody chose; so they are
     left out like any other section with a problem, until one is left.
     """
-    # program -> (real path, section) -> (file, section), in reading order
-    places: dict[str, dict[tuple[str, str], tuple[str, str]]] = {}
+    # (program, further service's key) -> (real path, section) -> (file, section), in reading order
+    places: dict[tuple[str, str], dict[tuple[str, str], tuple[str, str]]] = {}
     for filename, sections in file_sections:
         for section in sections:
             if section.startswith(SECTION_PREFIX):
                 # A file read twice (two include patterns matching it) merges into itself: no ambiguity.
-                places.setdefault(_program_of(section), {}).setdefault((os.path.abspath(filename), section),
+                places.setdefault(_service_of(section), {}).setdefault((os.path.abspath(filename), section),
                                                                       (filename, section))
     ambiguous: dict[str, list[Problem]] = {}
-    for program, seen in places.items():
+    for (program, key), seen in places.items():
         where = list(seen.values())
         if len(where) < 2:
             continue
+        service = f"program {program!r}" + (f", service {key!r}" if key else "")
         for filename, section in where:
             others = ", ".join(f"[{s}] in {f}" for f, s in where if (f, s) != (filename, section))
             ambiguous.setdefault(section, []).append(Problem(
                 filename, section, None, None,
-                f"another section is for program {program!r} too: {others}; put the keys you mean "
-                f"into one [consul:{program}] section and remove the other"))
+                f"another section is for {service} too: {others}; put the keys you mean "
+                f"into one [consul:{program}{':' + key if key else ''}] section and remove the other"))
     return ambiguous
 
 
@@ -405,25 +369,50 @@ def _read_section(options: _Reader, parser: Any, section: str,
         return [], [problem(None, None, f"program {program!r} is defined {len(program_sections)} times "
                                         f"({defined}), so which one this section is for is unclear; "
                                         f"remove or rename all but one")]
+    key = _key_of(section)
+    if key and not schema.SERVICE_KEY.match(key):
+        return [], [problem(None, None, f"{key!r} cannot name a further service of {program!r}: write "
+                                        f"[consul:{program}:KEY] with KEY of letters, digits, '-' or '_'")]
     program_section = program_sections[0]
-    problems = [problem(key, parser.get(section, key), "unknown key; known keys: "
-                        + ", ".join(KEYS) + ", meta.KEY")
-                for key in parser.options(section)
-                if key not in KEYS and not key.startswith(META_PREFIX)]
-    specs = []
+    specs: list[ServiceSpec] = []
+    problems: list[Problem] = []
     groups: list[str] = []
     try:
         groups = _groups_of(options, parser, program)
         for group, process, expansions, pconfig in _processes(options, parser, program, program_section,
                                                               groups, running):
-            spec = _spec(parser, section, group, process, expansions, tuple(pconfig.exitcodes), problem, problems)
+            spec, found = schema.spec_of(
+                _Source(parser, section, expansions), program, key,
+                namespec=make_namespec(group, process), group=group, process=process,
+                exitcodes=tuple(pconfig.exitcodes), startsecs=float(pconfig.startsecs),
+                environment=tuple(sorted((pconfig.environment or {}).items())), directory=pconfig.directory)
+            problems.extend(p for p in (problem(f.key, f.value, f.message) for f in found) if p not in problems)
             if spec is not None:
-                specs.append(replace(spec, startsecs=float(pconfig.startsecs)))
+                specs.append(spec)
     except Exception as exc:  # whatever supervisord accepted, no one section may stop the listener
-        problems.append(problem(None, None, f"cannot be read: {_short(exc)}"))
+        problems.append(problem(None, None, f"cannot be read: {schema.short(exc)}"))
     if not specs and not problems:
         problems.append(problem(None, None, _runs_none(program_section, groups, running)))
     return specs, problems
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One section's values for one process, expanded by supervisor's parser with
+    the expansions supervisord used for that process."""
+
+    parser: Any
+    section: str
+    expansions: dict[str, Any]
+
+    def options(self) -> list[str]:
+        return self.parser.options(self.section)
+
+    def raw(self, option: str) -> str:
+        return self.parser.get(self.section, option)
+
+    def expanded(self, option: str, port: int) -> str:
+        return self.parser.saneget(self.section, option, expansions={**self.expansions, "port": port})
 
 
 def _program_sections(parser: Any, program: str) -> list[str]:
@@ -481,157 +470,3 @@ def _processes(options: _Reader, parser: Any, program: str, program_section: str
             pconfig = running.get((group, name))
             if pconfig is not None:
                 yield group, name, expansions, pconfig
-
-
-def _spec(parser: Any, section: str, group: str, process: str, expansions: dict[str, Any],
-          exitcodes: tuple[int, ...], problem: Any, problems: list[Problem]) -> ServiceSpec | None:
-    """One process's ServiceSpec; problems are appended to `problems`."""
-    count = len(problems)
-
-    def get(key: str, default: str | None = None, extra: dict[str, Any] | None = None) -> str | None:
-        if not parser.has_option(section, key):
-            return default
-        raw = parser.get(section, key)
-        try:
-            return parser.saneget(section, key, expansions={**expansions, **(extra or {})}).strip()
-        except ValueError as exc:
-            problems.append(problem(key, raw, f"cannot expand: {_short(exc)}; write a literal % as %%"))
-            return None
-
-    def given(key: str) -> bool:
-        return parser.has_option(section, key)
-
-    def raw(key: str) -> str:
-        return parser.get(section, key)
-
-    # The service is named after the program, not after one of its processes.
-    name = get("name") if given("name") else str(expansions["program_name"])
-    if name is not None and not DNS_NAME.match(name):
-        hint = re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-") or "my-service"
-        problems.append(problem("name" if given("name") else None, name,
-                                f"service name {name!r} cannot be found through Consul DNS "
-                                f"(letters, digits and inner dashes, at most 63); set name = {hint}"))
-
-    port = 0
-    port_text = get("port")
-    if port_text:
-        if re.fullmatch(r"[0-9]{1,5}", port_text) and 0 < int(port_text) < 65536:
-            port = int(port_text)
-        else:
-            problems.append(problem("port", port_text, "port must be a number from 1 to 65535"))
-
-    address = get("address", "") or ""
-    if any(c.isspace() for c in address):
-        problems.append(problem("address", address, "address must be a host name or IP address"))
-
-    tags = tuple(t.strip() for t in (get("tags", "") or "").split(",") if t.strip())
-
-    meta = []
-    for key in parser.options(section):
-        if not key.startswith(META_PREFIX):
-            continue
-        meta_key, value = key[len(META_PREFIX):], get(key, "") or ""
-        if not META_KEY.match(meta_key):
-            problems.append(problem(key, value, "meta keys are 1-128 letters, digits, '-' or '_'"))
-        elif meta_key in RESERVED_META or meta_key.lower().startswith("consul-"):
-            problems.append(problem(key, value, f"meta key {meta_key!r} is reserved; choose another name"))
-        elif len(value.encode()) > META_VALUE_BYTES:
-            problems.append(problem(key, value[:40] + "…", f"meta values are at most {META_VALUE_BYTES} bytes "
-                                                           f"(UTF-8); shorten it"))
-        else:
-            meta.append((meta_key, value))
-    allowed = MAX_META_PAIRS - len(RESERVED_META)
-    if len(meta) > allowed:
-        # Name the first entry over the limit: a problem without a key is one a user has to hunt for.
-        first_over, value = meta[allowed]
-        problems.append(problem(META_PREFIX + first_over, value, f"at most {allowed} meta.KEY entries; "
-                                                                 f"remove this one and those after it"))
-
-    check_text = get("check", DEFAULTS["check"], {"port": port})
-    check_text = DEFAULTS["check"] if check_text == "" else check_text
-    ttl_check = check_text != "none"
-    check = None
-    if check_text in ("ttl", "none"):
-        for key in ("interval", "timeout"):
-            if given(key):
-                problems.append(problem(key, raw(key), f"{key} applies to an http or tcp check; "
-                                                       f"this section has check = {check_text}"))
-    else:  # None: check could not be expanded; its interval and timeout still get checked
-        check = _consul_check(check_text, get, problem, problems)
-    if not ttl_check:
-        # deregister_after still applies: to the liveness check a `check = none` instance gets.
-        for key in ("ttl", "on_fatal"):
-            if given(key):
-                problems.append(problem(key, raw(key), f"{key} needs the process-state check; "
-                                                       f"remove it or the line check = none"))
-
-    ttl = _duration(get, "ttl", problem, problems, positive=True)
-    if ttl is not None and durations.seconds(ttl) < MIN_TTL_SECONDS:
-        problems.append(problem("ttl", ttl, f"ttl must be at least {MIN_TTL_SECONDS}s: the listener "
-                                            f"refreshes the check every ttl/3"))
-        ttl = None
-    deregister_after = get("deregister_after", DEFAULTS["deregister_after"])
-    if deregister_after is not None and deregister_after.lower() == "off":
-        deregister_after = None
-    elif deregister_after is not None:
-        deregister_after = _duration(get, "deregister_after", problem, problems, positive=True)
-
-    on_fatal = get("on_fatal", DEFAULTS["on_fatal"])
-    if on_fatal is not None and on_fatal not in ON_FATAL:
-        problems.append(problem("on_fatal", on_fatal, "on_fatal must be deregister or critical"))
-
-    if len(problems) > count or name is None or ttl is None:
-        return None
-    return ServiceSpec(
-        namespec=supervisor_options.make_namespec(group, process),
-        group=group, process=process, name=name, port=port, address=address, tags=tags,
-        meta=tuple(meta), ttl_check=ttl_check, check=check, ttl=ttl,
-        deregister_after=deregister_after, on_fatal=on_fatal or DEFAULTS["on_fatal"],
-        exitcodes=exitcodes,
-    )
-
-
-def _consul_check(text: str | None, get: Any, problem: Any, problems: list[Problem]) -> ConsulCheck | None:
-    interval = _duration(get, "interval", problem, problems, positive=True)
-    timeout = _duration(get, "timeout", problem, problems, positive=True)
-    if text is None:
-        return None
-    scheme, sep, rest = text.partition("://")
-    if any(c.isspace() for c in rest):
-        # Consul takes `http://a b/` and `tcp://h:80 x` but its check can never pass.
-        sep = ""
-    if sep and scheme in ("http", "https") and rest and not rest.startswith("/"):
-        kind, target = "http", text
-    elif sep and scheme == "tcp" and HOST_PORT.match(rest) and 0 < int(HOST_PORT.match(rest)["port"]) < 65536:
-        kind, target = "tcp", rest
-    else:
-        problems.append(problem("check", text, "check must be ttl, none, http://HOST[:PORT]/PATH, "
-                                               "https://HOST[:PORT]/PATH or tcp://HOST:PORT"))
-        return None
-    if interval is None or timeout is None:
-        return None
-    return ConsulCheck(kind, target, interval, timeout)
-
-
-def _duration(get: Any, key: str, problem: Any, problems: list[Problem], positive: bool) -> str | None:
-    text = get(key, DEFAULTS[key])
-    if text is None:
-        return None
-    try:
-        value = durations.normalize(text)
-    except ValueError:
-        problems.append(problem(key, text, "a duration such as 15s, 500ms, 5m or 1h30m"))
-        return None
-    nanoseconds = durations.nanoseconds(value)
-    if positive and nanoseconds < 1:  # Go truncates to whole ns: 0.5ns is zero to Consul
-        problems.append(problem(key, text, "must be more than zero"))
-        return None
-    if nanoseconds > durations.MAX_NANOSECONDS:
-        problems.append(problem(key, text, "at most 2562047h (Consul's limit)"))
-        return None
-    return value
-
-
-def _short(exc: Exception) -> str:
-    """supervisor's expansion errors end with every ENV_ name there is: keep the point."""
-    return " ".join(str(exc).split(". Available names:")[0].split())

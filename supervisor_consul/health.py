@@ -46,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from .config import ServiceSpec
+from .schema import OnFatal, ServiceSpec
 from .events import ProcessStateChange
 
 PASSING: Final = "passing"
@@ -240,7 +240,7 @@ def _state_health(status: ProcessStatus, spec: ServiceSpec) -> Wanted:
     if state == "STOPPED":
         return None
     if state == "FATAL":
-        if spec.on_fatal == "critical":
+        if spec.on_fatal == OnFatal.CRITICAL:
             return Health(CRITICAL, _GONE_NOTES["FATAL"])
         return None
     if state == "STOPPING":

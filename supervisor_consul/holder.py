@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from . import acl_token, claim, plan
+from . import acl_token, claim, instance
 from .agent import REFUSED_RETRY, Agent, ConsulError
 from .config import Configuration
 from .health import CRITICAL, PASSING, Health
@@ -36,7 +36,7 @@ class Holder:
         self._report, self._clear = report, clear  # Conditions': a condition is said once
         self._wall = wall
         self._due = 0.0  # monotonic time of the next look
-        self._registration: plan.Registration | None = None
+        self._registration: instance.Registration | None = None
         self._registered = ""  # the fingerprint of the claim we last registered
 
     @property
@@ -44,7 +44,7 @@ class Holder:
         return self.standing is Standing.HELD
 
     def configure(self, owner: str, host: str, configuration: Configuration, deregister_after: str | None) -> None:
-        registration = plan.claim_registration(owner, host, configuration, self.keeper.me, TTL, deregister_after)
+        registration = instance.of_claim(owner, host, configuration, self.keeper.me, TTL, deregister_after)
         if self._registration is None or registration.fingerprint != self._registration.fingerprint:
             self._due = 0.0  # a new definition: look (and register it) at once
         self.owner = owner
@@ -98,18 +98,18 @@ class Holder:
                 return
             self.standing = Standing.UNCLAIMED
             self._due = now + REFUSED_RETRY
-            self._report("claim", f"{exc}; going on without the claim {plan.claim_id(self.owner)}: another "
+            self._report("claim", f"{exc}; going on without the claim {instance.claim_id(self.owner)}: another "
                                   f"supervisord with the same identity would go unnoticed, and check = none "
                                   f"instances get no liveness check", logging.WARNING)
             return
         self.standing = Standing.HELD
-        self._clear("claim", f"holding the claim {plan.claim_id(self.owner)}")
+        self._clear("claim", f"holding the claim {instance.claim_id(self.owner)}")
 
     def release(self) -> None:
         """supervisord is gone and so are our instances: the claim goes last, since
         an alias of a service that is gone shows passing for up to a minute (1.8)."""
         if self.standing is Standing.HELD:
-            self.agent.deregister(plan.claim_id(self.owner), claim.SERVICE)
+            self.agent.deregister(instance.claim_id(self.owner), claim.SERVICE)
             self.standing = Standing.UNKNOWN
 
     def _note(self, instances: int) -> str:

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 from supervisor.options import make_namespec
 
-from . import plan
+from . import instance
 from .agent import ConsulError
-from .config import ServiceSpec
+from .schema import ServiceSpec
 from .rpc import SupervisorError
 from .snapshot import Snapshot
 
@@ -35,8 +35,8 @@ def select(services: dict[str, ServiceSpec], names: Sequence[str]) -> tuple[list
                    if name in ("all", spec.namespec) or spec.group == group]
         if not matches:
             unknown.append(name)
-        chosen.update((spec.namespec, spec) for spec in matches)
-    return sorted(chosen.values(), key=lambda spec: spec.namespec), unknown
+        chosen.update((spec.unit, spec) for spec in matches)  # every service of a process, further ones too
+    return sorted(chosen.values(), key=lambda spec: spec.unit), unknown
 
 
 def default_reason(user: str, host: str, now: float) -> str:
@@ -57,28 +57,28 @@ def turn(snapshot: Snapshot, names: Sequence[str], enable: bool, reason: str | N
     states = {make_namespec(info["group"], info["name"]): info.get("statename", "UNKNOWN") for info in snapshot.infos}
     changed = False
     for spec in specs:
-        sid = plan.service_id(snapshot.owner, spec.namespec)
+        sid = instance.instance_id(snapshot.owner, spec)
         have = snapshot.owned.get(sid)
-        current = plan.maintenance_reason(sid, have[1]) if have is not None else None
+        current = instance.maintenance_reason(sid, have[1]) if have is not None else None
         if have is None:
             if enable:
                 code = max(code, 1)
-            lines.append(f"{spec.namespec}: not registered in Consul ({states.get(spec.namespec, 'not running')})"
+            lines.append(f"{spec.unit}: not registered in Consul ({states.get(spec.namespec, 'not running')})"
                          + ("; start it first, then put it into maintenance" if enable else ""))
         elif enable and current is not None:
-            lines.append(f"{spec.namespec}: already in maintenance: {current}")
+            lines.append(f"{spec.unit}: already in maintenance: {current}")
         elif not enable and current is None:
-            lines.append(f"{spec.namespec}: not in maintenance")
+            lines.append(f"{spec.unit}: not in maintenance")
         else:
             try:
                 snapshot.agent.maintenance(sid, enable, reason, spec.name)
             except ConsulError as exc:
-                lines.append(f"{spec.namespec}: {exc}")
+                lines.append(f"{spec.unit}: {exc}")
                 code = 2
                 continue
             changed = True
-            lines.append(f"{spec.namespec}: in maintenance ({sid}): {reason}" if enable
-                         else f"{spec.namespec}: out of maintenance ({sid})")
+            lines.append(f"{spec.unit}: in maintenance ({sid}): {reason}" if enable
+                         else f"{spec.unit}: out of maintenance ({sid})")
     if changed:
         lines.extend(_tell_listeners(snapshot))
     return lines, code

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from .agent import ConsulError
-from .plan import Actual, Operation, Registration, UpdateTTL
+from .instance import Registration
+from .plan import Actual, Operation, UpdateTTL
 
 WORKERS = 8  # below requests' connection pool (10), so no request waits for a connection
 

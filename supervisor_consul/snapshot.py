@@ -12,7 +12,7 @@ import platform
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import config, plan
+from . import config, instance
 from .agent import Agent, ConsulError
 from .config import Configuration
 from .connection import Connection
@@ -50,7 +50,7 @@ def take(configfile: str, conn: Connection, supervisor: Processes | None = None)
     if not configuration.readable:
         raise Unavailable(str(configuration.problems[0]))
     host = platform.node()
-    owner = plan.owner_of(host, configuration)
+    owner = instance.owner_of(host, configuration)
     supervisor = supervisor or rpc.for_configuration(configuration, "command")
     agent = Agent(conn)
     try:

@@ -14,8 +14,8 @@ from typing import Any
 
 from supervisor.options import make_namespec
 
-from . import health, plan
-from .config import ServiceSpec
+from . import health, instance, plan
+from .schema import ServiceSpec
 from .logtext import escaped
 from .snapshot import Snapshot
 
@@ -45,24 +45,25 @@ def instances(services: dict[str, ServiceSpec], infos: list[dict[str, Any]],
     """One row per configured process, then one per owned instance nothing accounts for."""
     rows = []
     left = dict(owned)
+    by_process: dict[str, list[ServiceSpec]] = {}
+    for spec in services.values():
+        by_process.setdefault(spec.namespec, []).append(spec)
     for info in infos:
         namespec = make_namespec(info["group"], info["name"])
-        spec = services.get(namespec)
-        if spec is None:
-            continue
-        registration = plan.registration(spec, owner, host)
-        have = left.pop(registration.service_id, None)
-        maintained = have is not None and plan.maintenance_reason(registration.service_id, have[1]) is not None
-        want = plan.Desired.of(registration, health.from_info(None, info, spec), spec, now).shown(maintained)
-        rows.append(_row(namespec, info["statename"], registration, have, _drift(registration, have, want)))
+        for spec in by_process.get(namespec, ()):
+            registration = instance.of(spec, owner, host)
+            have = left.pop(registration.service_id, None)
+            maintained = have is not None and instance.maintenance_reason(registration.service_id, have[1]) is not None
+            want = plan.Desired.of(registration, health.from_info(None, info, spec), spec, now).shown(maintained)
+            rows.append(_row(namespec, info["statename"], registration, have, _drift(registration, have, want)))
     for sid, (service, checks) in sorted(left.items()):
         rows.append(Instance("-", "-", service.get("Service", ""), sid, _address(service),
                              _checks(checks), "registered, but supervisord runs no such process",
-                             plan.maintenance_reason(sid, checks)))
+                             instance.maintenance_reason(sid, checks)))
     return rows
 
 
-def _drift(registration: plan.Registration, have: tuple[dict[str, Any], list[dict[str, Any]]] | None,
+def _drift(registration: instance.Registration, have: tuple[dict[str, Any], list[dict[str, Any]]] | None,
            want: health.Wanted) -> str:
     if want is health.KEEP:
         return ""  # STARTING: the listener leaves Consul as it is, so is Consul right by definition
@@ -71,7 +72,7 @@ def _drift(registration: plan.Registration, have: tuple[dict[str, Any], list[dic
     if have is None:
         return "not registered" if want.registers else ""
     service, checks = have
-    if (service.get("Meta") or {}).get(plan.SPEC_META) != registration.fingerprint:
+    if (service.get("Meta") or {}).get(instance.SPEC_META) != registration.fingerprint:
         return "registered with another definition (the configuration changed)"
     ttl = next((c for c in checks if c.get("CheckID") == registration.ttl_check_id), None)
     if ttl is not None and _crash_loop(ttl):
@@ -87,14 +88,14 @@ def _crash_loop(check: dict[str, Any]) -> bool:
     return check.get("Status") == health.CRITICAL and (check.get("Output") or "").startswith(health.FLAPPING_NOTE)
 
 
-def _row(namespec: str, state: str, registration: plan.Registration,
+def _row(namespec: str, state: str, registration: instance.Registration,
          have: tuple[dict[str, Any], list[dict[str, Any]]] | None, drift: str) -> Instance:
     if have is None:
         address = f"{registration.address or '<node>'}:{registration.port or '-'}"
         return Instance(namespec, state, registration.name, registration.service_id, address, (), drift)
     service, checks = have
     return Instance(namespec, state, registration.name, registration.service_id, _address(service),
-                    _checks(checks), drift, plan.maintenance_reason(registration.service_id, checks))
+                    _checks(checks), drift, instance.maintenance_reason(registration.service_id, checks))
 
 
 def _address(service: dict[str, Any]) -> str:

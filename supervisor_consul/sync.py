@@ -21,15 +21,16 @@ from typing import Any
 
 from supervisor.options import make_namespec
 
-from . import acl_token, claim, config, durations, health, holder, plan, sending
+from . import acl_token, claim, config, durations, health, holder, instance, plan, sending
 from .agent import REFUSED_RETRY, Agent, ConsulError
 from .conditions import Conditions
-from .config import Configuration, ServiceSpec
+from .config import Configuration
 from .events import GroupsChanged, Hint, ProcessStateChange, SupervisorStateChange
 from .health import ProcessStatus
 from .holder import Holder
 from .inbox import Batch, Inbox
-from .plan import Actual, Deregister, Desired, Operation, Register, Registration, UpdateTTL
+from .instance import Registration
+from .plan import Actual, Deregister, Desired, Operation, Register, UpdateTTL
 from .rpc import Supervisor, SupervisorError, Waker, for_configuration
 from .waking import RunningWakeup
 
@@ -68,7 +69,7 @@ class Sync:
         self.configuration: Configuration | None = None
         self.owner = ""
         self.supervisor: Supervisor | None = None
-        self.registrations: dict[str, Registration] = {}  # by namespec
+        self.registrations: dict[str, Registration] = {}  # by ServiceSpec.unit
         self.statuses: dict[str, ProcessStatus] = {}  # by namespec
         self.complete = False  # statuses cover every process supervisord runs
         self.supervisord_stopping = False  # SUPERVISOR_STATE_CHANGE_STOPPING seen: shutdown or reload
@@ -153,9 +154,9 @@ class Sync:
         """Take in one hint; True when it calls for a full reconcile.  `exited` collects
         the processes whose exit status to ask supervisord for."""
         if isinstance(hint, ProcessStateChange):
-            self._wakeup.expect(hint, self.configuration.services.get(hint.namespec) if self.configuration else None)
+            self._wakeup.expect(hint, self.configuration.process(hint.namespec) if self.configuration else None)
             status = health.fold(self.statuses.get(hint.namespec), hint, self._wall())
-            if status.state == "EXITED" and hint.namespec in self.registrations:
+            if status.state == "EXITED" and self.configuration and self.configuration.process(hint.namespec):
                 exited.add(hint.namespec)
             self.statuses[hint.namespec] = status
             return False
@@ -184,7 +185,7 @@ class Sync:
             info = self.supervisor.process_info(namespec)
         except SupervisorError:
             return status
-        spec = self.configuration.services.get(namespec) if self.configuration else None
+        spec = self.configuration.process(namespec) if self.configuration else None
         return health.with_exitstatus(status, info, spec)
 
     def prepare(self) -> None:
@@ -221,8 +222,8 @@ class Sync:
             log.info("%s: every [consul:*] section is valid now", self.configfile)
         self._logged_problems = new_problems
         if self.configuration is None:
-            self.owner = plan.owner_of(self.host, configuration)
-            legacy = plan.legacy_owner_of(self.host, configuration)
+            self.owner = instance.owner_of(self.host, configuration)
+            legacy = instance.legacy_owner_of(self.host, configuration)
             self._legacy_owners = (legacy,) if legacy != self.owner else ()
             log.info("reading %s: %d processes to register; owner id %s", configuration.configfile,
                      len(configuration.services), self.owner)
@@ -234,8 +235,8 @@ class Sync:
     def _build_registrations(self) -> None:
         assert self.configuration is not None
         self._built_claimed = self.holder.claimed
-        self.registrations = {ns: plan.registration(spec, self.owner, self.host, self._built_claimed)
-                              for ns, spec in self.configuration.services.items()}
+        self.registrations = {unit: instance.of(spec, self.owner, self.host, self._built_claimed)
+                              for unit, spec in self.configuration.services.items()}
 
     def _read_supervisor(self) -> None:
         assert self.supervisor is not None
@@ -251,22 +252,22 @@ class Sync:
 
     def _take_process_infos(self, infos: list[dict[str, Any]]) -> None:
         assert self.configuration is not None
-        services = self.configuration.services
         previous = self.statuses
         self.statuses = {}
         for info in infos:
             namespec = make_namespec(info["group"], info["name"])
-            self.statuses[namespec] = health.from_info(previous.get(namespec), info, services.get(namespec))
+            self.statuses[namespec] = health.from_info(previous.get(namespec), info,
+                                                       self.configuration.process(namespec))
         self.complete = True
 
     def desired(self) -> dict[str, Desired]:
         assert self.configuration is not None
         now = self._wall()
         result = {}
-        for namespec, status in self.statuses.items():
-            registration = self.registrations.get(namespec)
-            spec: ServiceSpec | None = self.configuration.services.get(namespec)
-            if registration is not None and spec is not None:
+        for unit, spec in self.configuration.services.items():
+            status = self.statuses.get(spec.namespec)
+            registration = self.registrations.get(unit)
+            if registration is not None and status is not None:
                 result[registration.service_id] = Desired.of(registration, status, spec, now)
         return result
 
@@ -420,7 +421,7 @@ class Sync:
             self.actual[sid] = Actual(sid, registration.fingerprint, registration.check_ids,
                                       wanted.status if wanted else None, wanted.note if wanted else None,
                                       sent_at, had.maintenance if had else None)
-            log.info("registered %s as %s%s", _namespec(registration), registration.name,
+            log.info("registered %s as %s%s", registration.namespec, registration.name,
                      f" ({wanted.status}: {wanted.note})" if wanted else "")
         elif isinstance(operation, UpdateTTL):
             have = self.actual[sid]
@@ -470,7 +471,3 @@ def _claim_deregister_after(configuration: Configuration) -> str | None:
     if any(limit is None for limit in limits):
         return None
     return f"{int(max(limits, default=0) + CLAIM_REAPED_AFTER_INSTANCES)}s"
-
-
-def _namespec(registration: Registration) -> str:
-    return registration.service_id.split(":", 2)[-1]

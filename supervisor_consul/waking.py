@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable
 
-from .config import ServiceSpec
+from .schema import ServiceSpec
 from .events import ProcessStateChange
 from .rpc import Supervisor
 

@@ -11,7 +11,7 @@ import time
 
 from supervisor.options import make_namespec
 
-from supervisor_consul import plan
+from supervisor_consul import instance
 from supervisor_consul.config import Configuration
 from tests.harness import ConsulAgent, Supervisord
 
@@ -22,7 +22,7 @@ TRANSIENT = ("STARTING", "BACKOFF", "STOPPING", "UNKNOWN")
 def owner_of(sv: Supervisord, identifier: str = "supervisor", configfile: str | None = None) -> str:
     """The owner id sv's listener gives itself: from the -c path as supervisord has it
     (configfile, where it differs from sv.conf, as in another mount namespace)."""
-    return plan.owner_of(platform.node(), Configuration(configfile or str(sv.conf), identifier=identifier))
+    return instance.owner_of(platform.node(), Configuration(configfile or str(sv.conf), identifier=identifier))
 
 
 def _expected(statename: str) -> str | None:
@@ -36,10 +36,10 @@ def drift(agent: ConsulAgent, sv: Supervisord, owner: str | None = None) -> list
     A process in a transient state counts as drift too: the comparison is
     only made once supervisord itself has settled.
     """
-    prefix = f"{plan.ID_PREFIX}:{owner or owner_of(sv)}:"
+    prefix = f"{instance.ID_PREFIX}:{owner or owner_of(sv)}:"
     checks = agent.checks()
     # A `check = none` instance shows its liveness (the alias of the claim) instead.
-    actual = {sid[len(prefix):]: (checks.get(plan.ttl_check_id(sid)) or checks.get(f"{sid}:supervisord")
+    actual = {sid[len(prefix):]: (checks.get(instance.ttl_check_id(sid)) or checks.get(f"{sid}:supervisord")
                                   or {}).get("Status", "no process check")
               for sid in agent.services() if sid.startswith(prefix)}
     problems = []

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import os
 
-from supervisor_consul import claim, plan
+from supervisor_consul import claim, instance
 from supervisor_consul.claim import Incarnation, Keeper, Seen, Verdict
-from supervisor_consul.config import Configuration, ServiceSpec
+from supervisor_consul.config import Configuration
+from supervisor_consul.schema import ServiceSpec
 
 ME = Incarnation("boot-1", "4026531836", "4026531832", 100, 5000)
 TWIN = Incarnation("boot-1", "4026531836", "4026532178", 200, 6000)  # another mount namespace, same pid one
@@ -61,7 +62,7 @@ def test_a_holder_in_another_pid_namespace_is_watched():
 
 def test_the_claim_registration_records_the_incarnation_and_outlives_its_instances():
     configuration = Configuration("/etc/current.conf", identifier="web-tier")
-    registration = plan.claim_registration("0123456789ab", "node1", configuration, ME, "15s", "6m")
+    registration = instance.of_claim("0123456789ab", "node1", configuration, ME, "15s", "6m")
     meta = dict(registration.meta)
     assert registration.service_id == "supervisord:0123456789ab" and registration.name == "supervisord"
     assert Incarnation.decode(meta[claim.INCARNATION_META]) == ME
@@ -73,13 +74,13 @@ def test_the_claim_registration_records_the_incarnation_and_outlives_its_instanc
 def test_only_a_check_none_instance_aliases_the_claim_and_only_when_it_is_held():
     none = ServiceSpec("app", "app", "app", "app", ttl_check=False)
     ttl = ServiceSpec("db", "db", "db", "db")
-    alias = [dict(c) for c in plan.registration(none, "0123456789ab", "node1", claimed=True).checks]
+    alias = [dict(c) for c in instance.of(none, "0123456789ab", "node1", claimed=True).checks]
     assert alias == [{"CheckID": "supervisord:0123456789ab:app:supervisord",
                       "Name": "supervisord and its listener (0123456789ab)",
                       "AliasService": "supervisord:0123456789ab", "DeregisterCriticalServiceAfter": "5m"}]
-    assert plan.registration(none, "0123456789ab", "node1", claimed=False).checks == ()
-    assert plan.registration(ttl, "0123456789ab", "node1", claimed=True).checks == \
-        plan.registration(ttl, "0123456789ab", "node1", claimed=False).checks
+    assert instance.of(none, "0123456789ab", "node1", claimed=False).checks == ()
+    assert instance.of(ttl, "0123456789ab", "node1", claimed=True).checks == \
+        instance.of(ttl, "0123456789ab", "node1", claimed=False).checks
 
 
 def test_the_owner_id_keeps_the_path_as_given_and_knows_the_old_one(tmp_path):
@@ -89,6 +90,6 @@ def test_the_owner_id_keeps_the_path_as_given_and_knows_the_old_one(tmp_path):
     current = tmp_path / "current.conf"
     current.symlink_to(release / "supervisord.conf")
     configuration = Configuration(str(current))
-    assert plan.owner_of("h", configuration) == plan.owner_id("h", str(current), "supervisor")
-    assert plan.legacy_owner_of("h", configuration) == plan.owner_id("h", str(release / "supervisord.conf"),
+    assert instance.owner_of("h", configuration) == instance.owner_id("h", str(current), "supervisor")
+    assert instance.legacy_owner_of("h", configuration) == instance.owner_id("h", str(release / "supervisord.conf"),
                                                                      "supervisor")

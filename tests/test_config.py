@@ -8,7 +8,8 @@ import pytest
 from supervisor.options import make_namespec
 
 from supervisor_consul import cli, config
-from supervisor_consul.config import ConsulCheck, Problem
+from supervisor_consul.config import Problem
+from supervisor_consul.schema import CheckKind, CheckSpec
 
 
 def write(directory, body: str, name: str = "supervisord.conf") -> str:
@@ -43,7 +44,7 @@ def test_defaults(tmp_path):
     assert spec.deregister_after_seconds == 300
     assert spec.on_fatal == "deregister"
     assert spec.ttl_check is True
-    assert spec.check is None
+    assert spec.checks == ()
     assert spec.exitcodes == (0,)
 
 
@@ -149,7 +150,7 @@ def test_tags(tmp_path):
 def test_http_check(tmp_path):
     path = write(tmp_path, program("web") + "[consul:web]\nport=8080\ncheck=http://127.0.0.1:%(port)s/health\n")
     spec = config.read(path).services["web"]
-    assert spec.check == ConsulCheck("http", "http://127.0.0.1:8080/health", "10s", "5s")
+    assert spec.checks == (CheckSpec(CheckKind.HTTP, "http://127.0.0.1:8080/health", "10s", "5s"),)
     assert spec.ttl_check is True
 
 
@@ -160,19 +161,19 @@ def test_https_check_with_interval_and_timeout(tmp_path):
         interval=30
         timeout=2s
         """))
-    assert config.read(path).services["web"].check == ConsulCheck("http", "https://example.com/health", "30s", "2s")
+    assert config.read(path).services["web"].checks == (CheckSpec(CheckKind.HTTP, "https://example.com/health", "30s", "2s"),)
 
 
 def test_tcp_check(tmp_path):
     path = write(tmp_path, program("web") + "[consul:web]\nport=8080\ncheck=tcp://127.0.0.1:%(port)s\n")
-    assert config.read(path).services["web"].check == ConsulCheck("tcp", "127.0.0.1:8080", "10s", "5s")
+    assert config.read(path).services["web"].checks == (CheckSpec(CheckKind.TCP, "127.0.0.1:8080", "10s", "5s"),)
 
 
 def test_check_none(tmp_path):
     path = write(tmp_path, program("web") + "[consul:web]\ncheck=none\n")
     spec = config.read(path).services["web"]
     assert spec.ttl_check is False
-    assert spec.check is None
+    assert spec.checks == ()
 
 
 def test_deregister_after_off_and_on_fatal_critical(tmp_path):

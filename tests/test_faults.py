@@ -17,7 +17,7 @@ import xmlrpc.client
 import pytest
 from requests.adapters import DEFAULT_POOLSIZE
 
-from supervisor_consul import plan
+from supervisor_consul import instance
 
 from tests.faults import answer_times, converge, descriptors, drift, listener_pid, overflows, owner_of, rss_and_fds, sigkill
 from tests.harness import ConsulAgent, listener, parent_pid, wait_for
@@ -159,11 +159,11 @@ def test_supervisord_killed_instances_expire(own_agent, supervisord_factory, con
     critical_after = time.monotonic() - killed
     assert critical_after <= 5 + 3  # Consul's TTL timer, plus polling on a busy machine
     # Consul's minimum for DeregisterCriticalServiceAfter is 1m and it reaps every 30 s.
-    claim = plan.claim_id(owner_of(sv))  # reaped a minute after its instances, so that no alias outlives it
+    claim = instance.claim_id(owner_of(sv))  # reaped a minute after its instances, so that no alias outlives it
     wait_for(lambda: sorted(own_agent.services()) == sorted([foreign["ID"], claim]), timeout=60 + 30 + 30,
              message="Consul to reap the instances, and only them")
     removed_after = time.monotonic() - killed
-    assert own_agent.checks()[plan.claim_check_id(owner_of(sv))]["Status"] == "critical"
+    assert own_agent.checks()[instance.claim_check_id(owner_of(sv))]["Status"] == "critical"
     converged(removed_after, f"critical after {critical_after:.1f} s (ttl 5 s); reaped after deregister_after=1m; "
                              "foreign instance kept")
 
@@ -186,7 +186,7 @@ def test_supervisord_killed_restart_adopts_and_removes_its_orphan(own_agent, sup
 
     seconds = converge(own_agent, sv)
     converged(seconds, "p1, p2 re-adopted under the same IDs, its own p3 removed, the others' kept")
-    assert sorted(own_agent.services()) == sorted([f"{service}-foreign", other["ID"], plan.claim_id(owner),
+    assert sorted(own_agent.services()) == sorted([f"{service}-foreign", other["ID"], instance.claim_id(owner),
                                                    f"supervisord:{owner}:p1", f"supervisord:{owner}:p2"])
 
 

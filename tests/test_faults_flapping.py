@@ -17,7 +17,7 @@ import urllib.parse
 
 import pytest
 
-from supervisor_consul import plan
+from supervisor_consul import instance
 from supervisor_consul.health import FLAP_EXITS, FLAP_HOLD, FLAPPING_NOTE
 from tests.faults import converge, owner_of
 from tests.harness import ConsulAgent, listener, wait_for
@@ -49,7 +49,7 @@ def looping(program: str, command: str, service: str, autorestart: str = "true")
 
 
 def check_id(sv, namespec: str) -> str:
-    return plan.ttl_check_id(plan.service_id(owner_of(sv), namespec))
+    return instance.ttl_check_id(instance.service_id(owner_of(sv), namespec))
 
 
 def writes(agent: ConsulAgent, check: str, since: float = 0.0) -> list[tuple[float, str]]:

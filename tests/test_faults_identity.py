@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 
-from supervisor_consul import plan
+from supervisor_consul import instance
 from tests.faults import converge, drift, owner_of, sigkill
 from tests.harness import ConsulAgent, Supervisord, listener, wait_for
 from tests.test_integration import listener_log, unique
@@ -118,7 +117,7 @@ def test_a_release_switch_is_the_same_identity(own_agent, tmp_path, converged):
         owner = owner_of(sv, configfile=str(current))
         converge(own_agent, sv, owner=owner)
         ids = sorted(sid for sid in own_agent.services() if sid.startswith("supervisord:"))
-        assert ids == sorted([plan.claim_id(owner), plan.service_id(owner, "web"), plan.service_id(owner, "plain")])
+        assert ids == sorted([instance.claim_id(owner), instance.service_id(owner, "web"), instance.service_id(owner, "plain")])
 
         switched = time.monotonic()
         tmp_link = tmp_path / "current.conf.new"
@@ -159,7 +158,7 @@ def test_an_instance_without_a_check_leaves_dns_when_supervisord_went_away_unsee
                                  + listener(agent))
         converge(agent, sv)
         owner = owner_of(sv)
-        sid = plan.service_id(owner, "plain")
+        sid = instance.service_id(owner, "plain")
         assert agent.checks()[f"{sid}:supervisord"]["Status"] == "passing"
         assert agent.dns(f"{service}.service.consul")
 

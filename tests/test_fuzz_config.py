@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor_consul import cli, config
+from supervisor_consul import cli, config, schema
 from tests.harness import listener, run_cli, wait_for
 from tests.test_integration import listener_log, unique, wait_passing
 
@@ -244,7 +244,7 @@ def test_deregister_after_beside_check_none_is_the_liveness_checks(tmp_path, val
 
 
 def test_too_many_meta_entries_names_the_first_one_over(tmp_path):
-    allowed = config.MAX_META_PAIRS - len(RESERVED_META)
+    allowed = schema.MAX_META_PAIRS - len(RESERVED_META)
     path = write_config(tmp_path, {"web": "\n".join(f"meta.k{n}=v{n}" for n in range(allowed + 3))})
     [problem] = config.read(path).problems
     assert (problem.section, problem.key, problem.value) == ("consul:web", f"meta.k{allowed}", f"v{allowed}")

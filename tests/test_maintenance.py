@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from supervisor_consul import health, maintenance, plan
-from supervisor_consul.config import ServiceSpec, runs_listener
+from supervisor_consul import health, instance, maintenance, plan
+from supervisor_consul.config import runs_listener
+from supervisor_consul.schema import ServiceSpec
 from supervisor_consul.health import KEEP, WARNING, Health, ProcessStatus
 from tests.faults import converge
 from tests.harness import consul_binary, listener, run_cli, wait_for
@@ -56,10 +57,10 @@ def test_in_maintenance_nothing_deregisters_and_nothing_is_critical():
 
 def desired_and_actual(state: str, maintenance_reason: str | None):
     db = spec("db")
-    registration = plan.registration(db, OWNER, HOST)
+    registration = instance.of(db, OWNER, HOST)
     status = ProcessStatus(state, since=NOW)
     desired = {registration.service_id: plan.Desired.of(registration, status, db, NOW)}
-    ids = registration.check_ids | {plan.maintenance_check_id(registration.service_id)}
+    ids = registration.check_ids | {instance.maintenance_check_id(registration.service_id)}
     actual = {registration.service_id: plan.Actual(registration.service_id, registration.fingerprint, ids,
                                                    "passing", "RUNNING pid 7", NOW, maintenance_reason)}
     return desired, actual, registration
@@ -104,7 +105,7 @@ def maint(sv, agent, *args: str) -> subprocess.CompletedProcess:
 
 
 def maintenance_reason(agent, name: str) -> list[str | None]:
-    return [next((c["Notes"] for c in e["Checks"] if c["CheckID"].startswith(plan.MAINTENANCE_PREFIX)), None)
+    return [next((c["Notes"] for c in e["Checks"] if c["CheckID"].startswith(instance.MAINTENANCE_PREFIX)), None)
             for e in agent.health(name)]
 
 
@@ -187,13 +188,13 @@ def test_a_changed_definition_drops_our_stale_check_and_keeps_the_maintenance(co
     sv, name = start_sleeper(consul_agent, supervisord_factory, "sleeper", "check=tcp://127.0.0.1:1\ninterval=1s")
     [sid] = [s["ID"] for s in consul_agent.services().values() if s["Service"] == name]
     assert maint(sv, consul_agent, "sleeper", "on", "--reason", "re-cabling").returncode == 0
-    assert set(consul_agent.checks()) >= {f"{sid}:process", f"{sid}:tcp", plan.maintenance_check_id(sid)}
+    assert set(consul_agent.checks()) >= {f"{sid}:process", f"{sid}:tcp", instance.maintenance_check_id(sid)}
 
     # The tcp check leaves the section; a SIGHUP has the listener read it again.
     sv.conf.write_text(sv.conf.read_text().replace("check=tcp://127.0.0.1:1\ninterval=1s\n", ""))
     assert sv.ctl("signal", "HUP", "consul").returncode == 0
     wait_for(lambda: {c for c, check in consul_agent.checks().items() if check["ServiceID"] == sid}
-             == {f"{sid}:process", plan.maintenance_check_id(sid)}, message="tcp check gone, maintenance kept")
+             == {f"{sid}:process", instance.maintenance_check_id(sid)}, message="tcp check gone, maintenance kept")
     assert maintenance_reason(consul_agent, name) == ["re-cabling"]
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 
 from supervisor_consul import health
-from supervisor_consul.config import ConsulCheck, ServiceSpec
+from supervisor_consul.schema import CheckKind, CheckSpec, ServiceSpec
 from supervisor_consul.events import ProcessStateChange
 from supervisor_consul.health import CRITICAL, KEEP, PASSING, Health
-from supervisor_consul.plan import (
-    NOTE_EVERY, Actual, Deregister, Desired, Register, UpdateTTL, is_owned, owner_id, plan, registration,
-)
+from supervisor_consul.instance import is_owned, owner_id
+from supervisor_consul.instance import of as registration
+from supervisor_consul.plan import NOTE_EVERY, Actual, Deregister, Desired, Register, UpdateTTL, plan
 
 OWNER = "0123456789ab"
 HOST = "node1"
@@ -78,8 +78,8 @@ def test_no_deregister_critical_service_after_when_off():
 
 
 def test_http_check():
-    check = ConsulCheck("http", "http://127.0.0.1:8101/health", "10s", "5s")
-    reg = registration(spec(check=check), OWNER, HOST)
+    check = CheckSpec(CheckKind.HTTP, "http://127.0.0.1:8101/health", "10s", "5s")
+    reg = registration(spec(checks=(check,)), OWNER, HOST)
     sid = reg.service_id
 
     checks = reg.payload(PASSING)["Checks"]
@@ -90,7 +90,7 @@ def test_http_check():
 
 
 def test_tcp_check():
-    reg = registration(spec(check=ConsulCheck("tcp", "127.0.0.1:8101", "10s", "5s")), OWNER, HOST)
+    reg = registration(spec(checks=(CheckSpec(CheckKind.TCP, "127.0.0.1:8101", "10s", "5s"),)), OWNER, HOST)
     tcp = reg.payload(PASSING)["Checks"][1]
     assert tcp["CheckID"] == f"{reg.service_id}:tcp"
     assert tcp["TCP"] == "127.0.0.1:8101"
@@ -113,7 +113,7 @@ def test_fingerprint_is_stable():
     {"port": 8102},
     {"tags": ("x",)},
     {"meta": (("Version", "2"),)},
-    {"check": ConsulCheck("http", "http://127.0.0.1:8101/health", "10s", "5s")},
+    {"checks": (CheckSpec(CheckKind.HTTP, "http://127.0.0.1:8101/health", "10s", "5s"),)},
     {"ttl_check": False},
     {"ttl": "30s"},
     {"deregister_after": "10m"},
@@ -201,7 +201,7 @@ def test_changed_fingerprint_registers_again_keeping_the_status():
 
 
 def test_missing_check_registers_again():
-    reg = registration(spec(check=ConsulCheck("http", "http://127.0.0.1:8101/", "10s", "5s")), OWNER, HOST)
+    reg = registration(spec(checks=(CheckSpec(CheckKind.HTTP, "http://127.0.0.1:8101/", "10s", "5s"),)), OWNER, HOST)
     actual = {reg.service_id: actual_for(reg, checks=frozenset({reg.ttl_check_id}))}
     assert plan(desired(reg, PASS), actual, 100.0, complete=True) == [Register(reg, PASS, PASSING)]
 

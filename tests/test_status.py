@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from supervisor_consul import plan, status
-from supervisor_consul.config import ServiceSpec
+from supervisor_consul import instance, status
+from supervisor_consul.schema import ServiceSpec
 from tests.harness import free_port, run_cli
 from tests.test_integration import start_sleeper
 
@@ -23,9 +23,9 @@ def info(name: str = "web", state: str = "RUNNING", pid: int = 42) -> dict:
 
 
 def registered(name: str = "web", check_status: str = "passing", **spec_overrides) -> dict:
-    registration = plan.registration(spec(name, **spec_overrides), OWNER, HOST)
+    registration = instance.of(spec(name, **spec_overrides), OWNER, HOST)
     service = {"ID": registration.service_id, "Service": name, "Port": 0, "Address": "",
-               "Meta": {plan.SPEC_META: registration.fingerprint}}
+               "Meta": {instance.SPEC_META: registration.fingerprint}}
     check = {"CheckID": registration.ttl_check_id, "Name": "supervisord process", "Status": check_status,
              "Output": "RUNNING pid 42", "ServiceID": registration.service_id}
     return {registration.service_id: (service, [check])}
@@ -90,7 +90,7 @@ def test_status_command_in_step_drift_and_unreachable(consul_agent, supervisord_
 def test_an_instance_in_maintenance_is_judged_by_the_maintenance_table():
     owned = registered(check_status="warning")
     sid = next(iter(owned))
-    owned[sid][1].append({"CheckID": plan.maintenance_check_id(sid), "Name": "Service Maintenance Mode",
+    owned[sid][1].append({"CheckID": instance.maintenance_check_id(sid), "Name": "Service Maintenance Mode",
                           "Status": "critical", "Notes": "kernel update", "Output": "", "ServiceID": sid})
     [row] = rows([info(state="STOPPED", pid=0)], owned)
     assert (row.maintenance, row.drift) == ("kernel update", "")  # kept registered, warning: in step

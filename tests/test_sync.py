@@ -6,10 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from supervisor_consul import claim, plan
+from supervisor_consul import claim, instance
 from supervisor_consul.claim import Seen
 from supervisor_consul.agent import ConsulError
-from supervisor_consul.config import Configuration, ServiceSpec
+from supervisor_consul.config import Configuration
+from supervisor_consul.schema import ServiceSpec
 from supervisor_consul.events import GroupsChanged, ProcessStateChange, SupervisorStateChange
 from supervisor_consul.health import CRITICAL, PASSING, Health
 from supervisor_consul.inbox import Inbox
@@ -19,13 +20,13 @@ from supervisor_consul.sync import Sync
 
 CONFIGFILE = "/etc/supervisor/supervisord.conf"
 HOST = "node1"
-OWNER = plan.owner_id(HOST, CONFIGFILE, "supervisor")
+OWNER = instance.owner_id(HOST, CONFIGFILE, "supervisor")
 ME = claim.Incarnation("boot-1", "4026531836", "4026531832", 4242, 777)  # the supervisord under test
 UNREACHABLE = "Consul agent at http://127.0.0.1:8500 is unreachable (connection refused); is it running? retrying"
 
 
 def sid(namespec: str, owner: str = OWNER) -> str:
-    return plan.service_id(owner, namespec)
+    return instance.service_id(owner, namespec)
 
 
 class Clock:
@@ -76,7 +77,7 @@ class FakeAgent:
         self._answer()
         if registration.name == "supervisord":  # a claim: kept apart, so the tests' writes are the instances'
             meta = dict(registration.meta)
-            self.claims[meta[plan.OWNER_META]] = Seen(claim.Incarnation.decode(meta[claim.INCARNATION_META]),
+            self.claims[meta[instance.OWNER_META]] = Seen(claim.Incarnation.decode(meta[claim.INCARNATION_META]),
                                                       health.status, health.note)
             self.claim_writes.append(("register", registration.service_id))
             return
@@ -351,7 +352,7 @@ def test_run_retries_the_agent_with_backoff(world):
 
 
 def test_owned_instance_of_a_process_gone_is_deregistered(world):
-    gone = plan.registration(service("old"), OWNER, HOST)
+    gone = instance.of(service("old"), OWNER, HOST)
     world.agent.services[gone.service_id] = Actual(gone.service_id, gone.fingerprint,
                                                    frozenset({f"{gone.service_id}:process"}), PASSING, "RUNNING pid 7")
     world.round()
@@ -369,7 +370,7 @@ def test_instance_of_a_program_no_longer_configured_is_deregistered(world):
 
 
 def test_nothing_removed_when_supervisord_cannot_be_read(world):
-    gone = plan.registration(service("old"), OWNER, HOST)
+    gone = instance.of(service("old"), OWNER, HOST)
     world.agent.services[gone.service_id] = Actual(gone.service_id, gone.fingerprint,
                                                    frozenset({f"{gone.service_id}:process"}), PASSING, "RUNNING pid 7")
     world.supervisor.down = True
@@ -654,12 +655,12 @@ TWIN = claim.Incarnation("boot-1", "4026531836", "4026532178", 4343, 888)  # ano
 
 def test_the_claim_is_taken_before_anything_and_kept_beating(world):
     world.round()
-    assert world.agent.claim_writes == [("register", plan.claim_id(OWNER))]
+    assert world.agent.claim_writes == [("register", instance.claim_id(OWNER))]
     assert world.agent.claims[OWNER].incarnation == ME
     world.agent.claim_writes.clear()
     world.monotonic.advance(5)
     world.sync.converge()
-    assert world.agent.claim_writes == [("update_ttl", plan.claim_check_id(OWNER))]
+    assert world.agent.claim_writes == [("update_ttl", instance.claim_check_id(OWNER))]
 
 
 def test_a_live_twin_holding_the_claim_means_touching_nothing(world, caplog, mocker):
@@ -691,12 +692,12 @@ def test_shutdown_deregisters_the_instances_then_the_claim(world):
     world.sync.supervisord_stopping = True
     world.deliver()
     assert world.take_writes() == [("deregister", sid("web"))]
-    assert world.agent.claim_writes == [("deregister", plan.claim_id(OWNER))] and world.agent.claims == {}
+    assert world.agent.claim_writes == [("deregister", instance.claim_id(OWNER))] and world.agent.claims == {}
 
 
 def test_an_instance_of_the_owner_id_an_earlier_version_gave_is_replaced(world, mocker):
-    legacy = plan.owner_id(HOST, "/srv/releases/v1/supervisord.conf", "supervisor")
-    mocker.patch("supervisor_consul.plan.legacy_owner_of", return_value=legacy)
+    legacy = instance.owner_id(HOST, "/srv/releases/v1/supervisord.conf", "supervisor")
+    mocker.patch("supervisor_consul.instance.legacy_owner_of", return_value=legacy)
     world.sync = Sync(world.agent, CONFIGFILE, HOST, Inbox(), read_config=lambda path: world.configuration,
                       supervisor_factory=lambda configuration: world.supervisor, wall=world.wall,
                       monotonic=world.monotonic, waker=lambda supervisor: None, incarnation=ME, workers=1)
