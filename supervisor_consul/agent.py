@@ -21,8 +21,8 @@ from .health import CRITICAL, PASSING, WARNING, Health
 from .logtext import escaped
 from .claim import INCARNATION_META, Incarnation, Seen
 from .instance import (ID_PREFIX, MAINTENANCE_PREFIX, OWNER_META, SPEC_META, Registration, claim_check_id, claim_id,
-                       is_owned, maintenance_reason, ttl_check_id)
-from .plan import Actual
+                       is_owned, maintenance_reason, named_checks, ttl_check_id)
+from .plan import Actual, Written
 from .transport import MiB, BoundedAdapter, DeadlineExceeded, ResponseTooLarge
 
 log = logging.getLogger("supervisor_consul")
@@ -94,6 +94,8 @@ class Agent:
                 status=ttl["Status"] if ttl else None,
                 output=ttl.get("Output") if ttl else None,
                 maintenance=maintenance_reason(sid, own_checks),
+                scripts={c["CheckID"]: Written(c.get("Status", ""), c.get("Output") or "") for c in own_checks
+                         if c.get("CheckID", "").startswith(named_checks(sid)) and c.get("Type") == "ttl"},
             )
         return actual
 

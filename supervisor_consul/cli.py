@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from . import __version__, config, logtext, maintenance, snapshot, status
+from . import __version__, config, logtext, maintenance, show, snapshot, status
 from .agent import Agent
 from .connection import SETTINGS, Connection, SettingError, connection
 from .inbox import Inbox
@@ -44,6 +44,10 @@ def parser() -> argparse.ArgumentParser:
                                 description="Print every problem in the [consul:*] sections and exit 1; "
                                             "exit 0 when the configuration is valid.")
     _configuration_option(check)
+    check.add_argument("--show", action="store_true",
+                       help="also print, for every process, the registration the listener would send "
+                            "(service, ID, port, tags, meta, weights, every check); Consul is not asked")
+    check.add_argument("--json", action="store_true", help="with --show: the registrations as JSON")
     check.set_defaults(run=run_check)
 
     status_ = commands.add_parser(
@@ -109,14 +113,21 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"supervisor-consul: {exc}", file=sys.stderr)
         return 2
     configuration = config.read(configfile)
+    if args.json and not args.show:
+        print("supervisor-consul: check: --json goes with --show", file=sys.stderr)
+        return 2
     for problem in configuration.problems:
-        print(problem)
+        print(problem, file=sys.stderr if args.json else sys.stdout)
+    if args.show and configuration.readable:
+        print(show.as_json(configuration, platform.node()) if args.json
+              else "\n".join(show.text(configuration, platform.node())))
     if configuration.problems or not configuration.readable:
         print(f"{len(configuration.problems)} problem(s) in {configfile}", file=sys.stderr)
         return 1
     services = sorted({spec.name for spec in configuration.services.values()})
-    print(f"{configfile}: OK, {len(configuration.services)} process(es) as "
-          f"{len(services)} service(s): {', '.join(services) or 'none'}")
+    processes = {spec.namespec for spec in configuration.services.values()}
+    print(f"{configfile}: OK, {len(processes)} process(es) as {len(configuration.services)} instance(s) of "
+          f"{len(services)} service(s): {', '.join(services) or 'none'}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

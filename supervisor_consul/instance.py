@@ -58,7 +58,12 @@ def instance_id(owner: str, spec: ServiceSpec) -> str:
 
 def check_id(service_id: str, check: CheckSpec) -> str:
     """`check = URL` keeps the ID it always had (…:http, …:tcp); check.NAME is …:check:NAME."""
-    return f"{service_id}:check:{check.name}" if check.name else f"{service_id}:{check.kind}"
+    return f"{named_checks(service_id)}{check.name}" if check.name else f"{service_id}:{check.kind}"
+
+
+def named_checks(service_id: str) -> str:
+    """What the IDs of an instance's check.NAME checks begin with."""
+    return f"{service_id}:check:"
 
 
 def claim_id(owner: str) -> str:
@@ -111,7 +116,7 @@ class Registration:
     # so a registration without them keeps the fingerprint earlier versions gave it.
     extra: tuple[tuple[str, Any], ...] = ()
     namespec: str = ""  # the process it stands for
-    scripts: tuple[tuple[str, CheckSpec], ...] = ()  # (TTL check ID, its script check): the listener runs those
+    scripts: tuple[tuple[str, float], ...] = ()  # (TTL check ID, its TTL in seconds) of its script checks
     fingerprint: str = field(default="", compare=False)
 
     @property
@@ -156,7 +161,7 @@ def of(spec: ServiceSpec, owner: str, host: str, claimed: bool = False) -> Regis
         definition = check_definition(check_id(sid, check), check, spec)
         checks.append(tuple(definition.items()))
         if check.kind is CheckKind.SCRIPT:
-            scripts.append((definition["CheckID"], check))
+            scripts.append((definition["CheckID"], durations.seconds(definition["TTL"])))
     if not spec.ttl_check and claimed:
         # Critical once the claim's heartbeat stops, and reaped after deregister_after, as a TTL check would be.
         alias = {"CheckID": f"{sid}:supervisord", "Name": f"supervisord and its listener ({owner})",

@@ -45,6 +45,16 @@ class Actual:
     output: str | None = None
     updated_at: float = 0.0  # monotonic time of our last write to the TTL check; 0: unknown
     maintenance: str | None = None  # the reason, while Consul has the instance in maintenance
+    scripts: dict[str, Written] = field(default_factory=dict)  # the TTL checks script checks report to
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a script check's TTL check shows."""
+
+    status: str
+    note: str
+    at: float = 0.0  # monotonic time of our write; 0: read from the agent
 
 
 @dataclass(frozen=True)
@@ -87,12 +97,15 @@ class Deregister:
 Operation = Register | UpdateTTL | Deregister
 
 
-def plan(desired: dict[str, Desired], actual: dict[str, Actual], now: float, complete: bool) -> list[Operation]:
+def plan(desired: dict[str, Desired], actual: dict[str, Actual], now: float, complete: bool,
+         results: dict[str, Health] | None = None) -> list[Operation]:
     """The operations that make `actual` what `desired` says.
 
     `now` is monotonic time, for heartbeats.  With `complete` false the
     listener does not know every process supervisord runs, so instances
-    missing from `desired` are left alone rather than removed.
+    missing from `desired` are left alone rather than removed.  `results`:
+    the latest result of each script check (by its TTL check's ID), written
+    to instances registered as desired.
     """
     operations: list[Operation] = []
     for sid, want in desired.items():
@@ -115,8 +128,11 @@ def plan(desired: dict[str, Desired], actual: dict[str, Actual], now: float, com
             stale = frozenset(c for c in have.check_ids if c.startswith(f"{sid}:")) if have else frozenset()
             operations.append(Register(want.registration, wanted if want.registration.ttl_check_id else None,
                                        initial, stale - want.registration.check_ids))
-        elif want.registration.ttl_check_id:
-            operations.extend(_heartbeat(want.registration, have, wanted, now))
+        else:
+            if want.registration.ttl_check_id:
+                operations.extend(_heartbeat(want.registration, have, wanted, now))
+            # Not beside a Register: the round sends in parallel, and the check must exist first.
+            operations.extend(_script_results(want.registration, have, results or {}, now))
     if complete:
         operations.extend(Deregister(sid) for sid in actual if sid not in desired)
     return operations
@@ -135,3 +151,19 @@ def _heartbeat(registration: Registration, have: Actual, health: Health, now: fl
     if stale or have.status != health.status or note_due:
         return [UpdateTTL(registration.service_id, registration.ttl_check_id, health, registration.name)]
     return []
+
+
+def _script_results(registration: Registration, have: Actual, results: dict[str, Health],
+                    now: float) -> list[Operation]:
+    """A script check's result when it is news, or when its TTL check needs
+    refreshing; each run brings a new result, so the runs are its heartbeat."""
+    operations: list[Operation] = []
+    for check_id, ttl_seconds in registration.scripts:
+        result = results.get(check_id)
+        if result is None:
+            continue
+        written = have.scripts.get(check_id)
+        if (written is None or (written.status, written.note) != (result.status, result.note)
+                or now - written.at >= ttl_seconds / HEARTBEATS_PER_TTL):
+            operations.append(UpdateTTL(registration.service_id, check_id, result, registration.name))
+    return operations

@@ -297,9 +297,6 @@ class Key:
         regex = "".join(PLACEHOLDERS.get(part, re.escape(part)) for part in re.split(r"([A-Z]+)", self.name))
         return re.compile(regex)
 
-    @property
-    def family(self) -> bool:
-        return any(c.isupper() for c in self.name)
 
 
 KEYS: tuple[Key, ...] = (
@@ -310,9 +307,9 @@ KEYS: tuple[Key, ...] = (
     Key("tags", _tags, "", "none", "comma-separated"),
     Key("meta.KEY", _meta_value, None, "none",
         "any number of service meta entries (`meta.version = 1.2`); case is kept"),
-    Key("weights.passing", _weight(1), None, "1", "SRV weight while passing (Consul's Weights)"),
-    Key("weights.warning", _weight(0), None, "1", "SRV weight while warning"),
-    Key("enable_tag_override", _boolean, "false", "false",
+    Key("weights.passing", _weight(1), None, "`1`", "SRV weight while passing (Consul's Weights)"),
+    Key("weights.warning", _weight(0), None, "`1`", "SRV weight while warning"),
+    Key("enable_tag_override", _boolean, "false", "`false`",
         "let tags be changed in the catalog (Consul's EnableTagOverride)"),
     Key("tagged_address.NAME", _tagged_address, None, "none",
         "any number of tagged addresses: `tagged_address.wan = 203.0.113.5:80` (ADDRESS[:PORT])",
@@ -332,13 +329,13 @@ KEYS: tuple[Key, ...] = (
     Key("check.NAME.header.HEADER", _header_value, None, "none", "any number of HTTP request headers",
         frozenset({CheckKind.HTTP})),
     Key("check.NAME.body", _text, None, "none", "HTTP request body", frozenset({CheckKind.HTTP})),
-    Key("check.NAME.tls_skip_verify", _boolean, "false", "false", "do not verify the https/grpc check's "
+    Key("check.NAME.tls_skip_verify", _boolean, "false", "`false`", "do not verify the https/grpc check's "
         "certificate", frozenset({CheckKind.HTTP, CheckKind.GRPC})),
-    Key("check.NAME.tls", _boolean, "false", "false", "the grpc check speaks TLS (GRPCUseTLS)",
+    Key("check.NAME.tls", _boolean, "false", "`false`", "the grpc check speaks TLS (GRPCUseTLS)",
         frozenset({CheckKind.GRPC})),
-    Key("check.NAME.success_before_passing", _count, "0", "0", "passes only after this many successes in a row",
+    Key("check.NAME.success_before_passing", _count, "0", "`0`", "passes only after this many successes in a row",
         CONSUL_RUN),
-    Key("check.NAME.failures_before_critical", _count, "0", "0", "critical only after this many failures in a "
+    Key("check.NAME.failures_before_critical", _count, "0", "`0`", "critical only after this many failures in a "
         "row", CONSUL_RUN),
     Key("ttl", _ttl, "15s", "`15s`", "the process-state check's TTL, at least 1s; the listener refreshes it "
         "every ttl/3"),
@@ -563,13 +560,14 @@ def _named_check(reading: _Reading, check_name: str, option: str, given: dict[st
     for key in KEYS:
         if not key.name.startswith("check.NAME."):
             continue
-        for given_option in [o for o, k in given.items() if k == key.name] or (
-                [prefix + key.name[len("check.NAME."):]] if not key.family else []):
+        suffix = key.name[len("check.NAME."):]
+        many = any(c.isupper() for c in suffix)  # header.HEADER: only those given
+        for given_option in [o for o, k in given.items() if k == key.name] or ([] if many else [prefix + suffix]):
             parsed = reading.value(given_option, key)
             if target is not None and key.applies != ALL_KINDS and given_option in given \
                     and target[0] not in key.applies:
                 reading.problem(given_option, reading.source.raw(given_option),
-                                f"{key.name[len('check.NAME.'):]} applies to {_applies(key.applies)}; "
+                                f"{suffix} applies to {_applies(key.applies)}; "
                                 f"check.{check_name} is a {target[0].value} check")
             if key.name == "check.NAME.header.HEADER":
                 header = given_option[len(prefix + "header."):]
@@ -579,7 +577,7 @@ def _named_check(reading: _Reading, check_name: str, option: str, given: dict[st
                 elif parsed is not None:
                     headers.append((header, parsed))
             else:
-                values[key.name[len("check.NAME."):]] = parsed
+                values[suffix] = parsed
     if target is None or any(values.get(k) is None for k in ("interval", "timeout")):
         return None
     kind, text = target

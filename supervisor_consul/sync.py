@@ -30,7 +30,8 @@ from .health import ProcessStatus
 from .holder import Holder
 from .inbox import Batch, Inbox
 from .instance import Registration
-from .plan import Actual, Deregister, Desired, Operation, Register, UpdateTTL
+from .plan import Actual, Deregister, Desired, Operation, Register, UpdateTTL, Written
+from .script_results import ScriptChecks, ScriptResult
 from .rpc import Supervisor, SupervisorError, Waker, for_configuration
 from .waking import RunningWakeup
 
@@ -88,6 +89,7 @@ class Sync:
         keeper = claim.Keeper(incarnation or claim.incarnation_of(os.getppid()), durations.seconds(holder.TTL))
         self.holder = Holder(agent, keeper, self.conditions.report, self.conditions.clear, wall)
         self._sender = sending.Sender(self._send, workers)
+        self.scripts = ScriptChecks(inbox.post)
 
     # -- the loop -----------------------------------------------------------
 
@@ -99,6 +101,7 @@ class Sync:
             except Exception as exc:  # noqa: BLE001
                 self._round_failed(exc)
             if batch.closed:
+                self.scripts.close()
                 if self.supervisord_stopping or (self.supervisor is not None and self.supervisor.is_stopping()):
                     self._all_stopped()
                 return
@@ -150,9 +153,12 @@ class Sync:
 
     # -- desired state --------------------------------------------------------
 
-    def _fold(self, hint: Hint, exited: set[str]) -> bool:
+    def _fold(self, hint: Hint | ScriptResult, exited: set[str]) -> bool:
         """Take in one hint; True when it calls for a full reconcile.  `exited` collects
         the processes whose exit status to ask supervisord for."""
+        if isinstance(hint, ScriptResult):
+            self.scripts.take(hint)
+            return False
         if isinstance(hint, ProcessStateChange):
             self._wakeup.expect(hint, self.configuration.process(hint.namespec) if self.configuration else None)
             status = health.fold(self.statuses.get(hint.namespec), hint, self._wall())
@@ -327,13 +333,13 @@ class Sync:
             return 0
         applied = 0
         desired = self.desired()
-        operations = plan.plan(desired, self.actual, now, self.complete)
+        operations = plan.plan(desired, self.actual, now, self.complete, self.scripts.results)
         if not fresh and any(isinstance(op, Deregister) and op.service_id in desired for op in operations):
             # Compare first: an operator may just have put it into maintenance, which
             # only the agent knows, and deregistering would end that maintenance.
             if not self._read_maintenance():
                 return 0
-            operations = plan.plan(desired, self.actual, now, self.complete)
+            operations = plan.plan(desired, self.actual, now, self.complete, self.scripts.results)
         ready = [op for op in operations if self._retry_at.get(op.service_id, 0) <= now]
         heartbeats = sorted((op for op in ready if isinstance(op, UpdateTTL)),
                             key=lambda op: sending.urgency(op, self.actual[op.service_id]))  # type: ignore[index]
@@ -350,6 +356,7 @@ class Sync:
             else:
                 self._operation_failed(operation, exc)
         self._heartbeat_due = self._next_heartbeat_due(now)
+        self.scripts.want(self.configuration.services, self.registrations, self.statuses, self.actual)
         return applied
 
     def _next_heartbeat_due(self, now: float) -> float:
@@ -369,7 +376,8 @@ class Sync:
         if not heartbeats:
             return
         by_sid = {r.service_id: r for r in self.registrations.values()}
-        behind = sending.lag([op for op in heartbeats if op.service_id in by_sid], self.actual, by_sid, now)
+        behind = sending.lag([op for op in heartbeats if op.service_id in by_sid
+                              and op.check_id == by_sid[op.service_id].ttl_check_id], self.actual, by_sid, now)
         if behind >= LAG_WARNING:
             self.conditions.report("lag", f"heartbeats fall behind: TTL checks went {LAG_WARNING:.0%} of their ttl "
                                           f"unrefreshed; the Consul agent at {self.agent.endpoint} answers too slowly "
@@ -423,6 +431,13 @@ class Sync:
                                       sent_at, had.maintenance if had else None)
             log.info("registered %s as %s%s", registration.namespec, registration.name,
                      f" ({wanted.status}: {wanted.note})" if wanted else "")
+        elif isinstance(operation, UpdateTTL) and operation.check_id != instance.ttl_check_id(sid):  # a script's
+            have = self.actual[sid]
+            written = have.scripts.get(operation.check_id)
+            if written is None or (written.status, written.note) != (operation.health.status, operation.health.note):
+                log.info("%s is %s: %s", operation.check_id, operation.health.status, operation.health.note)
+            self.actual[sid] = replace(have, scripts={**have.scripts, operation.check_id: Written(
+                operation.health.status, operation.health.note, sent_at)})
         elif isinstance(operation, UpdateTTL):
             have = self.actual[sid]
             if (have.status, have.output) != (operation.health.status, operation.health.note):
