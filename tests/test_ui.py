@@ -77,7 +77,7 @@ def driver_library_dir() -> str | None:
     return os.pathsep.join(str(unpacked / d) for d in (unpacked / "libdirs").read_text().split())
 
 
-def sample_config(agent: ConsulAgent, netcat_port: int, web_prefix: str) -> str:
+def sample_config(agent: ConsulAgent, netcat_port: int, web_prefix: str, api_port: int) -> str:
     """The sample's [eventlistener:consul], netcat and web sections, changed only where a test must:
     the listener talks to `agent` and logs into supervisord's dir, netcat and web listen on free ports,
     netcat is not restarted (so its crash stays EXITED: critical), and web's HTTP checks run every
@@ -99,6 +99,12 @@ def sample_config(agent: ConsulAgent, netcat_port: int, web_prefix: str) -> str:
     replace("program:web", "command", "81%(process_num)02d", f"{web_prefix}%(process_num)02d")
     replace("consul:web", "port", "81%(process_num)02d", f"{web_prefix}%(process_num)02d")
     parser.set("consul:web", "interval", "1s")
+    replace("consul:web:metrics", "port", "81%(process_num)02d", f"{web_prefix}%(process_num)02d")
+    replace("program:api", "command", "9090", str(api_port))
+    replace("program:api", "command", "python3", sys.executable)  # the venv's, which has grpcio
+    replace("consul:api", "port", "9090", str(api_port))
+    parser.set("program:api", "directory", str(REPO_ROOT))
+    parser.set("consul:api", "check.grpc.interval", "1s")
 
     sections = [s for s in parser.sections() if s.split(":")[0] in ("eventlistener", "program", "consul")]
     assert {"program:netcat", "consul:netcat", "program:web", "consul:web"} <= set(sections)
@@ -177,8 +183,8 @@ def screenshot(page, tmp_path, name: str, publish: bool = False) -> None:
 def test_ui_lists_the_sample_services_passing_then_critical_after_a_crash(ui_agent, supervisord_factory,
                                                                           browser_page, tmp_path):
     page = browser_page
-    sv = supervisord_factory(sample_config(ui_agent, free_port(), free_port_prefix(3, digits=2)))
-    for namespec in ("netcat", "web:web_01", "web:web_02", "web:web_03"):
+    sv = supervisord_factory(sample_config(ui_agent, free_port(), free_port_prefix(3, digits=2), free_port()))
+    for namespec in ("netcat", "web:web_01", "web:web_02", "web:web_03", "api"):
         try:
             sv.wait_state(namespec, "RUNNING", timeout=30)
         except AssertionError as exc:
@@ -186,7 +192,8 @@ def test_ui_lists_the_sample_services_passing_then_critical_after_a_crash(ui_age
 
     # `supervisord`: the listener's claim, one instance per supervisord.
     passing = {"consul": ("passing", "1 Instance"), "netcat": ("passing", "1 Instance"),
-               "supervisord": ("passing", "1 Instance"), "web": ("passing", "3 Instances")}
+               "supervisord": ("passing", "1 Instance"), "web": ("passing", "3 Instances"),
+               "web-metrics": ("passing", "3 Instances"), "api": ("passing", "1 Instance")}
     wait_shown(lambda: shown_services(page, ui_agent), lambda shown: shown == passing,
                "the sample's services listed, all passing")
     screenshot(page, tmp_path, "consul-ui.png", publish=True)
