@@ -47,7 +47,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from .schema import OnFatal, ServiceSpec
-from .events import ProcessStateChange
+from .events import PROCESS_STATES, ProcessStateChange
 
 PASSING: Final = "passing"
 WARNING: Final = "warning"
@@ -122,7 +122,8 @@ def from_info(previous: ProcessStatus | None, info: dict[str, Any], spec: Servic
     does not rewrite notes or restart `deregister_after`'s clock, and the
     exit history is kept whatever the state.
     """
-    state = info.get("statename", "UNKNOWN")
+    # supervisord names only its own states; anything else is one it lost track of.
+    state = info.get("statename", "UNKNOWN") if info.get("statename") in PROCESS_STATES else "UNKNOWN"
     if state == "STARTING":
         return previous or ProcessStatus("STARTING", since=info.get("now", 0))
     if previous is not None and previous.state == state and (state != "RUNNING" or previous.pid == info.get("pid")):
@@ -232,25 +233,29 @@ def _health(status: ProcessStatus, spec: ServiceSpec, now: float) -> Wanted:
 
 
 def _state_health(status: ProcessStatus, spec: ServiceSpec) -> Wanted:
-    state = status.state
-    if state == "RUNNING":
-        return Health(PASSING, f"RUNNING pid {status.pid}")
-    if state == "STARTING":
-        return KEEP
-    if state == "STOPPED":
-        return None
-    if state == "FATAL":
-        if spec.on_fatal == OnFatal.CRITICAL:
-            return Health(CRITICAL, _GONE_NOTES["FATAL"])
-        return None
-    if state == "STOPPING":
-        return Health(CRITICAL, f"STOPPING pid {status.pid}", registers=False)
-    if state == "BACKOFF":
-        return Health(CRITICAL, "BACKOFF: exited too quickly, supervisord is retrying", registers=False)
-    if state == "EXITED":
-        how = "expectedly" if status.expected else "unexpectedly"
-        code = f" with exit status {status.exitstatus}" if status.exitstatus is not None else ", exit status unknown"
-        if status.exitstatus == -1:
-            code = ": killed by a signal"  # supervisord's exit status for any death by signal
-        return Health(CRITICAL, f"EXITED {how}{code}")
-    return Health(CRITICAL, f"{state}: supervisord lost track of it")
+    match status.state:
+        case "RUNNING":
+            return Health(PASSING, f"RUNNING pid {status.pid}")
+        case "STARTING":
+            return KEEP
+        case "STOPPED":
+            return None
+        case "FATAL":
+            match spec.on_fatal:
+                case OnFatal.CRITICAL:
+                    return Health(CRITICAL, _GONE_NOTES["FATAL"])
+                case OnFatal.DEREGISTER:
+                    return None
+        case "STOPPING":
+            return Health(CRITICAL, f"STOPPING pid {status.pid}", registers=False)
+        case "BACKOFF":
+            return Health(CRITICAL, "BACKOFF: exited too quickly, supervisord is retrying", registers=False)
+        case "EXITED":
+            how = "expectedly" if status.expected else "unexpectedly"
+            code = f" with exit status {status.exitstatus}" if status.exitstatus is not None else ", exit status unknown"
+            if status.exitstatus == -1:
+                code = ": killed by a signal"  # supervisord's exit status for any death by signal
+            return Health(CRITICAL, f"EXITED {how}{code}")
+        case "UNKNOWN":
+            return Health(CRITICAL, "UNKNOWN: supervisord lost track of it")
+    raise ValueError(f"not a supervisord state: {status.state!r}, nor on_fatal {spec.on_fatal!r}")

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, assert_never
 
 from supervisor.options import make_namespec
 
@@ -411,12 +411,16 @@ class Sync:
 
     def _send(self, operation: Operation) -> None:
         """Only the call: it may run in a sending thread, so it touches none of our state."""
-        if isinstance(operation, Register):
-            self.agent.register(operation.registration, operation.health, operation.initial, operation.stale_checks)
-        elif isinstance(operation, UpdateTTL):
-            self.agent.update_ttl(operation.check_id, operation.health, operation.service)
-        else:
-            self.agent.deregister(operation.service_id, operation.service)
+        match operation:
+            case Register():
+                self.agent.register(operation.registration, operation.health, operation.initial,
+                                    operation.stale_checks)
+            case UpdateTTL():
+                self.agent.update_ttl(operation.check_id, operation.health, operation.service)
+            case Deregister():
+                self.agent.deregister(operation.service_id, operation.service)
+            case _:
+                assert_never(operation)
 
     def _record(self, operation: Operation, sent_at: float) -> None:
         """What the agent now has, once it said yes.  `sent_at`: when the round began
