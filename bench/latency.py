@@ -59,7 +59,7 @@ import requests
 
 from bench.report import Row
 from supervisor_consul import instance
-from supervisor_consul.schema import ServiceSpec
+from supervisor_consul.spec import ServiceSpec
 from tests.harness import ConsulAgent, Supervisord, listener, wait_for
 
 TARGET = "median <= 10 ms, p99 <= 50 ms"

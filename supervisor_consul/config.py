@@ -24,7 +24,9 @@ from supervisor.datatypes import dict_of_key_value_pairs, list_of_strings, proce
 from supervisor.options import EventListenerPoolConfig, ServerOptions, expand, make_namespec
 
 from . import schema
-from .schema import ServiceSpec
+from .section import short, spec_of
+from .values import SERVICE_KEY
+from .spec import ServiceSpec
 
 SECTION_PREFIX = "consul:"
 
@@ -84,7 +86,7 @@ def read(configfile: str) -> Configuration:
         return Configuration(configfile, readable=False,
                              problems=(Problem(configfile, "", None, None,
                                                "supervisord cannot read this configuration: "
-                                               + schema.short(exc)),))
+                                               + short(exc)),))
     finally:
         options.close_poller()
     parser = options.parser
@@ -370,7 +372,7 @@ def _read_section(options: _Reader, parser: Any, section: str,
                                         f"({defined}), so which one this section is for is unclear; "
                                         f"remove or rename all but one")]
     key = _key_of(section)
-    if key and not schema.SERVICE_KEY.match(key):
+    if key and not SERVICE_KEY.match(key):
         return [], [problem(None, None, f"{key!r} cannot name a further service of {program!r}: write "
                                         f"[consul:{program}:KEY] with KEY of letters, digits, '-' or '_'")]
     program_section = program_sections[0]
@@ -381,7 +383,7 @@ def _read_section(options: _Reader, parser: Any, section: str,
         groups = _groups_of(options, parser, program)
         for group, process, expansions, pconfig in _processes(options, parser, program, program_section,
                                                               groups, running):
-            spec, found = schema.spec_of(
+            spec, found = spec_of(
                 _Source(parser, section, expansions), program, key,
                 namespec=make_namespec(group, process), group=group, process=process,
                 exitcodes=tuple(pconfig.exitcodes), startsecs=float(pconfig.startsecs),
@@ -390,7 +392,7 @@ def _read_section(options: _Reader, parser: Any, section: str,
             if spec is not None:
                 specs.append(spec)
     except Exception as exc:  # whatever supervisord accepted, no one section may stop the listener
-        problems.append(problem(None, None, f"cannot be read: {schema.short(exc)}"))
+        problems.append(problem(None, None, f"cannot be read: {short(exc)}"))
     if not specs and not problems:
         problems.append(problem(None, None, _runs_none(program_section, groups, running)))
     return specs, problems

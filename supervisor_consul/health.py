@@ -46,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from .schema import OnFatal, ServiceSpec
+from .spec import OnFatal, ServiceSpec
 from .events import PROCESS_STATES, ProcessStateChange
 
 PASSING: Final = "passing"

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import claim, durations
 from .config import Configuration
-from .schema import CheckKind, CheckSpec, ServiceSpec
+from .spec import CheckKind, CheckSpec, ServiceSpec
 
 ID_PREFIX = "supervisord"
 OWNER_META = "supervisor-consul-owner"

@@ -18,7 +18,7 @@ from supervisor.options import make_namespec
 
 from . import instance
 from .agent import ConsulError
-from .schema import ServiceSpec
+from .spec import ServiceSpec
 from .rpc import SupervisorError
 from .snapshot import Snapshot
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from . import health
 from .instance import Registration
-from .schema import ServiceSpec
+from .spec import ServiceSpec
 from .health import CRITICAL, KEEP, PASSING, Health, ProcessStatus, Wanted
 
 HEARTBEATS_PER_TTL = 3  # a heartbeat every ttl/3: two can be lost before the check expires

@@ -16,7 +16,7 @@ from . import durations, instance
 from .health import Health, ProcessStatus
 from .instance import Registration
 from .plan import Actual
-from .schema import CheckKind, CheckSpec, ServiceSpec
+from .spec import CheckKind, CheckSpec, ServiceSpec
 from .script_check import Script, Scripts
 
 

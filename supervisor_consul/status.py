@@ -15,7 +15,7 @@ from typing import Any
 from supervisor.options import make_namespec
 
 from . import health, instance, plan
-from .schema import ServiceSpec
+from .spec import ServiceSpec
 from .logtext import escaped
 from .snapshot import Snapshot
 

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable
 
-from .schema import ServiceSpec
+from .spec import ServiceSpec
 from .events import ProcessStateChange
 from .rpc import Supervisor
 

@@ -6,7 +6,7 @@ import os
 from supervisor_consul import claim, instance
 from supervisor_consul.claim import Incarnation, Keeper, Seen, Verdict
 from supervisor_consul.config import Configuration
-from supervisor_consul.schema import ServiceSpec
+from supervisor_consul.spec import ServiceSpec
 
 ME = Incarnation("boot-1", "4026531836", "4026531832", 100, 5000)
 TWIN = Incarnation("boot-1", "4026531836", "4026532178", 200, 6000)  # another mount namespace, same pid one

@@ -9,7 +9,7 @@ from supervisor.options import make_namespec
 
 from supervisor_consul import cli, config
 from supervisor_consul.config import Problem
-from supervisor_consul.schema import CheckKind, CheckSpec
+from supervisor_consul.spec import CheckKind, CheckSpec
 
 
 def write(directory, body: str, name: str = "supervisord.conf") -> str:

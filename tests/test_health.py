@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from supervisor_consul.schema import ServiceSpec
+from supervisor_consul.spec import ServiceSpec
 from supervisor_consul.events import ProcessStateChange
 from supervisor_consul.health import (
     CRITICAL, FLAP_EXITS, FLAP_HOLD, FLAP_WINDOW, KEEP, MAX_EXITS_KEPT, PASSING, WARNING, Health, ProcessStatus,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from supervisor_consul import health
-from supervisor_consul.schema import CheckKind, CheckSpec, ServiceSpec
+from supervisor_consul.spec import CheckKind, CheckSpec, ServiceSpec
 from supervisor_consul.events import ProcessStateChange
 from supervisor_consul.health import CRITICAL, KEEP, PASSING, Health
 from supervisor_consul.instance import is_owned, owner_id

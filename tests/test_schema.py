@@ -7,7 +7,7 @@ import json
 import pytest
 
 from supervisor_consul import cli, config, instance, schema, show
-from supervisor_consul.schema import CheckKind, CheckSpec, OnFatal, ServiceSpec, TaggedAddress
+from supervisor_consul.spec import CheckKind, CheckSpec, OnFatal, ServiceSpec, TaggedAddress
 from tests.test_config import program, write
 
 OWNER, HOST = "0123456789ab", "node1"

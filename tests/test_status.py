@@ -6,7 +6,7 @@ import json
 import subprocess
 
 from supervisor_consul import instance, status
-from supervisor_consul.schema import ServiceSpec
+from supervisor_consul.spec import ServiceSpec
 from tests.harness import free_port, run_cli
 from tests.test_integration import start_sleeper
 

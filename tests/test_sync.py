@@ -10,7 +10,7 @@ from supervisor_consul import claim, instance
 from supervisor_consul.claim import Seen
 from supervisor_consul.agent import ConsulError
 from supervisor_consul.config import Configuration
-from supervisor_consul.schema import ServiceSpec
+from supervisor_consul.spec import ServiceSpec
 from supervisor_consul.events import GroupsChanged, ProcessStateChange, SupervisorStateChange
 from supervisor_consul.health import CRITICAL, PASSING, Health
 from supervisor_consul.inbox import Inbox
