@@ -37,6 +37,9 @@ class Key:
     doc: str
     applies: Applies = ALL_KINDS  # check.NAME.* options: the kinds of check they mean something to
     expands_port: bool = False  # `%(port)s` stands for the section's port
+    # The ServiceSpec field the key fills as it is parsed; None where section.py
+    # assembles the field itself (name, port, families, the checks).
+    field: str | None = None
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -51,14 +54,14 @@ KEYS: tuple[Key, ...] = (
     Key("name", plain, None, "the program name (`PROGRAM-KEY` for `[consul:PROGRAM:KEY]`)",
         "Consul service name; letters, digits and inner dashes (DNS)"),
     Key("port", optional_port, "", "none", "service port (SRV records); 1-65535"),
-    Key("address", address, "", "the agent's node address", "service address"),
-    Key("tags", tags, "", "none", "comma-separated"),
+    Key("address", address, "", "the agent's node address", "service address", field="address"),
+    Key("tags", tags, "", "none", "comma-separated", field="tags"),
     Key("meta.KEY", meta_value, None, "none",
         "any number of service meta entries (`meta.version = 1.2`); case is kept"),
     Key("weights.passing", weight(1), None, "`1`", "SRV weight while passing (Consul's Weights)"),
     Key("weights.warning", weight(0), None, "`1`", "SRV weight while warning"),
     Key("enable_tag_override", flag, "false", "`false`",
-        "let tags be changed in the catalog (Consul's EnableTagOverride)"),
+        "let tags be changed in the catalog (Consul's EnableTagOverride)", field="enable_tag_override"),
     Key("tagged_address.NAME", tagged_address, None, "none",
         "any number of tagged addresses: `tagged_address.wan = 203.0.113.5:80` (ADDRESS[:PORT])",
         expands_port=True),
@@ -86,11 +89,12 @@ KEYS: tuple[Key, ...] = (
     Key("check.NAME.failures_before_critical", count, "0", "`0`", "critical only after this many failures in a "
         "row", CONSUL_RUN),
     Key("ttl", ttl, "15s", "`15s`", "the process-state check's TTL, at least 1s; the listener refreshes it "
-        "every ttl/3"),
+        "every ttl/3", field="ttl"),
     Key("deregister_after", deregister_after, "5m", "`5m`", "Consul's DeregisterCriticalServiceAfter on the "
         "process-state check (with `check = none`, on the liveness check); `off` disables (Consul enforces at "
-        "least 1m)"),
-    Key("on_fatal", on_fatal, "deregister", "`deregister`", "`deregister` or `critical`: what FATAL does"),
+        "least 1m)", field="deregister_after"),
+    Key("on_fatal", on_fatal, "deregister", "`deregister`", "`deregister` or `critical`: what FATAL does",
+        field="on_fatal"),
 )
 BY_NAME = {key.name: key for key in KEYS}
 # Meta keys we set ourselves; a user's meta may not shadow them.

@@ -95,16 +95,11 @@ def spec_of(source: Source, program: str, key: str, **process: Any) -> tuple[Ser
                         f"(letters, digits and inner dashes, at most 63); set name = {hint}")
     fields: dict[str, Any] = dict(
         name=name, port=port, key=key,
-        address=reading.value("address", BY_NAME["address"]),
-        tags=reading.value("tags", BY_NAME["tags"]),
         meta=_meta(reading, families.get("meta.KEY", [])),
         weights=_weights(reading),
-        enable_tag_override=reading.value("enable_tag_override", BY_NAME["enable_tag_override"]),
         tagged_addresses=tuple(TaggedAddress(names[0], *parsed) for option, names in families.get(
             "tagged_address.NAME", []) if (parsed := reading.value(option, BY_NAME["tagged_address.NAME"]))),
-        ttl=reading.value("ttl", BY_NAME["ttl"]),
-        deregister_after=reading.value("deregister_after", BY_NAME["deregister_after"]),
-        on_fatal=reading.value("on_fatal", BY_NAME["on_fatal"]),
+        **{k.field: reading.value(k.name, k) for k in KEYS if k.field},
         **process,
     )
     single = _single(reading)
