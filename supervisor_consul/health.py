@@ -252,7 +252,8 @@ def _state_health(status: ProcessStatus, spec: ServiceSpec) -> Wanted:
             return Health(CRITICAL, "BACKOFF: exited too quickly, supervisord is retrying", registers=False)
         case "EXITED":
             how = "expectedly" if status.expected else "unexpectedly"
-            code = f" with exit status {status.exitstatus}" if status.exitstatus is not None else ", exit status unknown"
+            code = (f" with exit status {status.exitstatus}" if status.exitstatus is not None
+                    else ", exit status unknown")
             if status.exitstatus == -1:
                 code = ": killed by a signal"  # supervisord's exit status for any death by signal
             return Health(CRITICAL, f"EXITED {how}{code}")
