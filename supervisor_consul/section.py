@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from .schema import ALL_KINDS, BY_NAME, KEYS, RESERVED_META, MAX_META_PAIRS, Key, applies_to, key_of, known_keys
 from .spec import CheckSpec, ServiceSpec, TaggedAddress
-from .values import CHECK_NAME, DNS_NAME, HTTP_TOKEN, META_KEY, Invalid
+from .values import CHECK_NAME, DNS_NAME, HTTP_TOKEN, META_KEY, Invalid, of_version
 
 
 class Source(Protocol):
@@ -97,8 +97,7 @@ def spec_of(source: Source, program: str, key: str, **process: Any) -> tuple[Ser
         name=name, port=port, key=key,
         meta=_meta(reading, families.get("meta.KEY", [])),
         weights=_weights(reading),
-        tagged_addresses=tuple(TaggedAddress(names[0], *parsed) for option, names in families.get(
-            "tagged_address.NAME", []) if (parsed := reading.value(option, BY_NAME["tagged_address.NAME"]))),
+        tagged_addresses=_tagged_addresses(reading, families.get("tagged_address.NAME", [])),
         **{k.field: reading.value(k.name, k) for k in KEYS if k.field},
         **process,
     )
@@ -136,6 +135,21 @@ def _meta(reading: _Reading, options: list[tuple[str, tuple[str, ...]]]) -> tupl
         reading.problem(f"meta.{first_over}", value, f"at most {allowed} meta.KEY entries; "
                                                      f"remove this one and those after it")
     return tuple(meta)
+
+
+def _tagged_addresses(reading: _Reading, options: list[tuple[str, tuple[str, ...]]]) -> tuple[TaggedAddress, ...]:
+    addresses = []
+    for option, (name,) in options:
+        parsed = reading.value(option, BY_NAME["tagged_address.NAME"])
+        if parsed is None:
+            continue
+        try:
+            of_version(name, parsed[0])
+        except Invalid as exc:
+            reading.problem(option, reading.source.raw(option), str(exc))
+            continue
+        addresses.append(TaggedAddress(name, *parsed))
+    return tuple(addresses)
 
 
 def _weights(reading: _Reading) -> tuple[int, int] | None:

@@ -4,8 +4,10 @@ rules are Consul 1.8's, so a value the agent would refuse never reaches it."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
+import urllib.parse
 from collections.abc import Callable
 
 from supervisor.datatypes import boolean as supervisor_boolean
@@ -94,27 +96,54 @@ def flag(text: str) -> bool:
         raise Invalid("true or false (also yes/no, on/off, 1/0)") from None
 
 
+MAX_WEIGHT = 65535  # an SRV record's weight is 16 bits; Consul refuses more
+
+
 def weight(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        if re.fullmatch(r"[0-9]{1,9}", text) and int(text) >= minimum:
+        if re.fullmatch(r"[0-9]{1,5}", text) and minimum <= int(text) <= MAX_WEIGHT:
             return int(text)
-        raise Invalid(f"a whole number, at least {minimum}")
+        raise Invalid(f"a whole number from {minimum} to {MAX_WEIGHT}")
     return parse
 
 
 def count(text: str) -> int:
-    if re.fullmatch(r"[0-9]{1,9}", text):
+    if re.fullmatch(r"[0-9]{1,18}", text):  # Go's int64, as Consul keeps it
         return int(text)
     raise Invalid("a whole number, 0 or more")
 
 
+TAGGED_FORMS = "ADDRESS or ADDRESS:PORT (an IPv6 address in brackets before a port: [::1]:80)"
+# Consul checks the addresses of these names for their IP version (ServiceNode validation).
+IP_VERSION_OF = {"lan_ipv4": 4, "wan_ipv4": 4, "lan_ipv6": 6, "wan_ipv6": 6}
+
+
 def tagged_address(text: str) -> tuple[str, int]:
     match = HOST_PORT.match(text)
-    if match:
-        return match["host"].strip("[]"), port(match["port"])
-    if not text or any(c.isspace() for c in text) or text.count(":") == 1:
-        raise Invalid("ADDRESS or ADDRESS:PORT (an IPv6 address with a port in brackets: [::1]:80)")
-    return text, 0
+    host, number = (match["host"], port(match["port"])) if match else (text, 0)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if _ip_version(host) != 6:
+            raise Invalid(TAGGED_FORMS)
+    elif not host or any(c.isspace() or c in "[]" for c in host):
+        raise Invalid(TAGGED_FORMS)
+    elif ":" in host and _ip_version(host) != 6:  # only an IPv6 address has colons
+        raise Invalid(TAGGED_FORMS)
+    return host, number
+
+
+def of_version(name: str, address: str) -> None:
+    """Raises Invalid when a tagged address's NAME asks for an IP version the address is not of."""
+    version = IP_VERSION_OF.get(name)
+    if version is not None and _ip_version(address) != version:
+        raise Invalid(f"tagged_address.{name} must be an IPv{version} address (Consul's rule for {name})")
+
+
+def _ip_version(text: str) -> int | None:
+    try:
+        return ipaddress.ip_address(text).version
+    except ValueError:
+        return None
 
 
 def method(text: str) -> str:
@@ -142,13 +171,23 @@ def check_target(text: str) -> tuple[CheckKind, str]:
     scheme, sep, rest = text.partition("://")
     # Consul takes `http://a b/` and `tcp://h:80 x` but such a check can never pass.
     if sep and rest and not any(c.isspace() for c in rest):
-        if scheme in ("http", "https") and not rest.startswith("/"):
+        if scheme in ("http", "https") and not rest.startswith("/") and _url_has_host_and_port(text):
             return CheckKind.HTTP, text
         address, _, service = rest.partition("/") if scheme == "grpc" else (rest, "", "")
         match = HOST_PORT.match(address)
         if scheme in ("tcp", "grpc") and match and 0 < int(match["port"]) < 65536:
             return (CheckKind.TCP, rest) if scheme == "tcp" else (CheckKind.GRPC, rest)
     raise Invalid("a check is " + ", ".join(CHECK_FORMS[:-1]) + " or " + CHECK_FORMS[-1])
+
+
+def _url_has_host_and_port(url: str) -> bool:
+    # Consul takes http://h:abc/ and http://h:0/ too, but such a check can never pass.
+    try:
+        parts = urllib.parse.urlsplit(url)
+        number = parts.port
+    except ValueError:
+        return False
+    return bool(parts.hostname) and number != 0
 
 
 SINGLE_FORMS = "check must be ttl, none, http://HOST[:PORT]/PATH, https://HOST[:PORT]/PATH or tcp://HOST:PORT"

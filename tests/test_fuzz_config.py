@@ -77,8 +77,8 @@ def meta_key(key: str) -> bool:
             and not key.lower().startswith("consul-"))
 
 
-def whole(value: str, minimum: int) -> bool:
-    return bool(re.fullmatch(r"[0-9]+", value)) and int(value) >= minimum
+def whole(value: str, minimum: int, maximum: int = 2**63 - 1) -> bool:
+    return bool(re.fullmatch(r"[0-9]+", value)) and minimum <= int(value) <= maximum
 
 
 # supervisor's own booleans (supervisor.datatypes.boolean), in any case.
@@ -253,7 +253,8 @@ BAD_TAGGED_ADDRESS = st.one_of(
                         st.sampled_from(["0", "00000", "-1", "\u0668\u0660", "80\u00b2", "%(port)s"]))),
     st.builds(lambda host, p: f"[{host}]:{p}", st.sampled_from(["::1", "2001:db8::1"]),
               st.one_of(st.integers(65536, 99999).map(str), st.sampled_from(["0", "00000"]))),
-    st.sampled_from([":80", ":", "203.0.113.5:", "h:%(port)s"]),  # %(port)s: no port= in the section
+    st.sampled_from([":80", ":", "203.0.113.5:", "h:%(port)s",  # %(port)s: no port= in the section
+                     "[::1]:x", "[::1", "[1.2.3.4]", "[::1]:", "a:b:c", "http://h:80"]),
     BAD_EXPANSION,
 )
 BAD_TARGET = st.one_of(
@@ -262,7 +263,8 @@ BAD_TARGET = st.one_of(
                      "tcp://h:0", "tcp://h:65536", "tcp://:80", "tcp://h:\u0668\u0660", "http://a b/", "tcp://h:80 x",
                      "tcp://::1:80", "127.0.0.1:80", "grpc://h", "grpc://h:0", "grpc://:50051", "grpc://h:99999/svc",
                      "grpc:///svc", "grpc://h:50051/a b", "exec", "EXEC /bin/true", "execute /bin/true",
-                     "exec 'unclosed", 'exec "a', "exec /bin/echo \\", "/bin/true", "tcp://h:%(port)s"]),
+                     "exec 'unclosed", 'exec "a', "exec /bin/echo \\", "/bin/true", "tcp://h:%(port)s",
+                     "http://h:abc/", "http://h:0/", "https://[::1/", "http://h:99999/"]),
     BAD_EXPANSION,
 )
 
@@ -293,13 +295,18 @@ BAD_KEYS: dict[str, st.SearchStrategy] = {
         st.builds(lambda key, value: Bad(f"meta.{key}", value), st.from_regex(r"[a-z]{1,8}", fullmatch=True),
                   st.one_of(BAD_EXPANSION, st.sampled_from(["\u00e9" * 257, "a" * 513, "\u2603" * 171]))),
     ),
-    "weights.passing": bad("weights.passing", bad_whole(1)),
-    "weights.warning": bad("weights.warning", bad_whole(0)),
+    "weights.passing": bad("weights.passing", st.one_of(bad_whole(1), st.integers(65536, 10**7).map(str))),
+    "weights.warning": bad("weights.warning", st.one_of(bad_whole(0), st.integers(65536, 10**7).map(str))),
     "enable_tag_override": bad("enable_tag_override", BAD_BOOLEAN),
-    "tagged_address.NAME": st.builds(
-        lambda name, value: Bad(f"tagged_address.{name}", value),
-        st.one_of(st.from_regex(r"[a-z][a-z0-9_-]{0,10}", fullmatch=True),
-                  st.sampled_from(["wan", "lan", "wan_ipv4", "lan_ipv6"])), BAD_TAGGED_ADDRESS),
+    "tagged_address.NAME": st.one_of(
+        st.builds(lambda name, value: Bad(f"tagged_address.{name}", value),
+                  st.one_of(st.from_regex(r"[a-z][a-z0-9_-]{0,10}", fullmatch=True),
+                            st.sampled_from(["wan", "lan", "wan_ipv4", "lan_ipv6"])), BAD_TAGGED_ADDRESS),
+        # Consul wants an address of the IP version these names say.
+        st.builds(lambda name, value: Bad(f"tagged_address.{name}", value), st.sampled_from(["lan_ipv4", "wan_ipv4"]),
+                  st.sampled_from(["example.com", "::1", "[::1]:80", "2001:db8::1"])),
+        st.builds(lambda name, value: Bad(f"tagged_address.{name}", value), st.sampled_from(["lan_ipv6", "wan_ipv6"]),
+                  st.sampled_from(["example.com", "1.2.3.4", "1.2.3.4:80"]))),
     "check": bad("check", st.one_of(
         VALUE.filter(lambda v: v != "" and not check(v)),
         st.sampled_from(["TTL", "None", "http://", "https://", "http:///health", "ftp://h/", "tcp://h", "tcp://h:0",

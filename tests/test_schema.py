@@ -131,8 +131,15 @@ def test_a_section_of_the_simple_case_keeps_the_fingerprint_earlier_versions_gav
     ("check = grpc://127.0.0.1:9090", "check", "check.NAME"),
     ("check.a.b = http://h/", "check.a.b", "unknown key"),
     ("check.API = http://h/\ncheck.API.header.Bad Name = x", "check.api.header.Bad Name", "header name"),
-    ("weights.passing = 0", "weights.passing", "at least 1"),
-    ("weights.warning = -1", "weights.warning", "at least 0"),
+    ("weights.passing = 0", "weights.passing", "from 1 to 65535"),
+    ("weights.warning = -1", "weights.warning", "from 0 to 65535"),
+    ("weights.passing = 65536", "weights.passing", "from 1 to 65535"),  # Consul: 400 Invalid Weights
+    ("tagged_address.lan_ipv4 = example.com", "tagged_address.lan_ipv4", "IPv4"),  # Consul: 500
+    ("tagged_address.wan_ipv6 = 1.2.3.4", "tagged_address.wan_ipv6", "IPv6"),
+    ("tagged_address.x = [::1]:x", "tagged_address.x", "ADDRESS"),
+    ("tagged_address.x = a:b:c", "tagged_address.x", "ADDRESS"),
+    ("check.x = http://h:abc/", "check.x", "a check is"),  # Consul takes it, but it can never pass
+    ("check.x = http://h:0/", "check.x", "a check is"),
     ("enable_tag_override = maybe", "enable_tag_override", "true or false"),
     ("tagged_address.wan = 203.0.113.5:99999", "tagged_address.wan", "1 to 65535"),
     ("tagged_address.wan = a b", "tagged_address.wan", "ADDRESS"),
@@ -145,6 +152,14 @@ def test_values_consul_would_refuse_are_named_problems(tmp_path, body, key, word
     assert [p.key for p in configuration.problems] == [key], configuration.problems
     assert words in configuration.problems[0].message
     assert str(configuration.problems[0]).startswith(f"{path}: [consul:web] {key} = ")
+
+
+def test_large_thresholds_and_bracketed_ipv6_are_what_consul_takes(tmp_path):
+    path = write(tmp_path, program("web") + "[consul:web]\ncheck.x = tcp://127.0.0.1:1\n"
+                 "check.x.success_before_passing = 5000000000\ntagged_address.lan_ipv6 = [::1]\n")
+    spec = config.read(path).services["web"]
+    assert spec.checks[0].success_before_passing == 5000000000
+    assert spec.tagged_addresses == (TaggedAddress("lan_ipv6", "::1"),)
 
 
 def test_a_further_service_needs_a_key_that_can_name_it(tmp_path):
