@@ -18,8 +18,8 @@ from typing import Any
 
 from .spec import CheckKind
 from .values import (CHECK_FORMS, address, check_target, count, deregister_after, duration, flag, header_value,
-                     meta_value, method, on_fatal, optional_port, plain, single_check, tagged_address, tags, ttl,
-                     weight)
+                     meta_value, method, on_fatal, optional_port, plain, positive_count, single_check, tagged_address,
+                     tags, ttl, wait, weight)
 
 
 PLACEHOLDERS = {"NAME": r"([^.]+)", "KEY": r"(.+)", "HEADER": r"(.+)"}
@@ -88,6 +88,12 @@ KEYS: tuple[Key, ...] = (
         CONSUL_RUN),
     Key("check.NAME.failures_before_critical", count, "0", "`0`", "critical only after this many failures in a "
         "row", CONSUL_RUN),
+    Key("check.NAME.restart_after", positive_count, None, "none (never)", "after this many critical results in "
+        "a row the listener has supervisord restart the process"),
+    Key("check.NAME.restart_grace", duration, None, "interval × restart_after", "no restart for this long after "
+        "the process started, and at most one restart in it"),
+    Key("drain", wait, "0s", "`0`", "how long `supervisor-consul stop` and `restart` keep an instance out of "
+        "DNS before supervisord stops it", field="drain"),
     Key("ttl", ttl, "15s", "`15s`", "the process-state check's TTL, at least 1s; the listener refreshes it "
         "every ttl/3", field="ttl"),
     Key("deregister_after", deregister_after, "5m", "`5m`", "Consul's DeregisterCriticalServiceAfter on the "

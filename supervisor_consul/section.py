@@ -224,6 +224,10 @@ def _named_check(reading: _Reading, check_name: str, option: str, given: dict[st
                     headers.append((header, parsed))
             else:
                 values[suffix] = parsed
+    grace = prefix + "restart_grace"
+    if values.get("restart_grace") and not values.get("restart_after"):
+        reading.problem(grace, reading.source.raw(grace), f"restart_grace goes with restart_after; add "
+                                                          f"check.{check_name}.restart_after = N or remove this")
     if target is None or any(values.get(k) is None for k in ("interval", "timeout")):
         return None
     kind, text = target
@@ -231,7 +235,8 @@ def _named_check(reading: _Reading, check_name: str, option: str, given: dict[st
                      method=values.get("method") or "", headers=tuple(headers), body=values.get("body") or "",
                      tls_skip_verify=bool(values.get("tls_skip_verify")), grpc_tls=bool(values.get("tls")),
                      success_before_passing=values.get("success_before_passing") or 0,
-                     failures_before_critical=values.get("failures_before_critical") or 0)
+                     failures_before_critical=values.get("failures_before_critical") or 0,
+                     restart_after=values.get("restart_after") or 0, restart_grace=values.get("restart_grace") or "")
 
 
 def short(exc: Exception) -> str:

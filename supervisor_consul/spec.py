@@ -40,6 +40,14 @@ class CheckSpec:
     grpc_tls: bool = False
     success_before_passing: int = 0
     failures_before_critical: int = 0
+    restart_after: int = 0  # 0: never restart the process for this check
+    restart_grace: str = ""  # "" with restart_after: interval × restart_after
+
+    @property
+    def restart_grace_seconds(self) -> float:
+        if self.restart_grace:
+            return durations.seconds(self.restart_grace)
+        return durations.seconds(self.interval) * self.restart_after
 
     @property
     def command(self) -> tuple[str, ...]:
@@ -76,6 +84,7 @@ class ServiceSpec:
     weights: tuple[int, int] | None = None  # (passing, warning); None: Consul's own (1, 1)
     enable_tag_override: bool = False
     tagged_addresses: tuple[TaggedAddress, ...] = ()
+    drain: str = "0s"  # out of DNS this long before `supervisor-consul stop/restart` stop it
     # The program's environment= and directory=, for its script checks.
     environment: tuple[tuple[str, str], ...] = ()
     directory: str | None = None

@@ -65,6 +65,16 @@ def duration(text: str) -> str:
     return value
 
 
+def wait(text: str) -> str:
+    """A duration that may be zero: no wait at all."""
+    try:
+        if durations.nanoseconds(text) == 0:
+            return "0s"
+    except ValueError:
+        pass  # duration() says what is wrong
+    return duration(text)
+
+
 def ttl(text: str) -> str:
     value = duration(text)
     if durations.seconds(value) < MIN_TTL_SECONDS:
@@ -105,6 +115,12 @@ def weight(minimum: int) -> Callable[[str], int]:
             return int(text)
         raise Invalid(f"a whole number from {minimum} to {MAX_WEIGHT}")
     return parse
+
+
+def positive_count(text: str) -> int:
+    if re.fullmatch(r"[0-9]{1,18}", text) and int(text) >= 1:
+        return int(text)
+    raise Invalid("a whole number, 1 or more")
 
 
 def count(text: str) -> int:

@@ -111,6 +111,8 @@ APPLIES = {
     "tls": {"grpc"},
     "success_before_passing": {"http", "tcp", "grpc"},
     "failures_before_critical": {"http", "tcp", "grpc"},
+    "restart_after": set(KINDS),
+    "restart_grace": set(KINDS),
 }
 TARGETS = {  # valid check.NAME values of each kind
     "http": ("http://127.0.0.1/health", "https://localhost:8443/ready", "http://[::1]:8080/", "http://web"),
@@ -208,6 +210,8 @@ GOOD_VALUES = {  # valid values of each option of a named check: (the option aft
     "tls": st.tuples(st.just("tls"), st.sampled_from(["yes", "off", "TRUE", "1"])),
     "success_before_passing": st.tuples(st.just("success_before_passing"), st.sampled_from(["0", "3", "10"])),
     "failures_before_critical": st.tuples(st.just("failures_before_critical"), st.sampled_from(["0", "1", "25"])),
+    "restart_after": st.tuples(st.just("restart_after"), st.sampled_from(["1", "3", "10"])),
+    "restart_grace": st.tuples(st.just("restart_grace"), st.sampled_from(["30s", "1m", "90"])),
 }
 
 
@@ -340,6 +344,11 @@ BAD_KEYS: dict[str, st.SearchStrategy] = {
     "check.NAME.tls": option_of("tls", BAD_BOOLEAN),
     "check.NAME.success_before_passing": option_of("success_before_passing", bad_whole(0)),
     "check.NAME.failures_before_critical": option_of("failures_before_critical", bad_whole(0)),
+    "check.NAME.restart_after": option_of("restart_after", bad_whole(1)),
+    "check.NAME.restart_grace": option_of("restart_grace", BAD_DURATION),
+    # drain may be zero (no drain): only what is no duration at all, or past Consul's limit, is bad.
+    "drain": bad("drain", BAD_DURATION.filter(lambda v: not duration_syntax(v) or v.endswith("99999999999h")
+                                              or v == "2562048h")),
     "ttl": bad("ttl", st.one_of(BAD_DURATION, st.sampled_from(["999ms", "0.5s", "500000us"]))),
     "deregister_after": bad("deregister_after", BAD_DURATION.filter(lambda v: v.lower() != "off")),
     "on_fatal": bad("on_fatal", st.one_of(VALUE.filter(lambda v: v not in ("deregister", "critical")),
@@ -512,6 +521,8 @@ def test_named_checks_with_the_options_of_their_kind_are_accepted(checks, data):
     lines = ["port=8080"]
     for n, (kind, options) in enumerate(checks):
         lines.append(f"check.c{n}={data.draw(st.sampled_from(TARGETS[kind]))}")
+        # restart_grace is documented as going with restart_after
+        options = options | {"restart_after"} if "restart_grace" in options else options
         for option in sorted(o for o in options if kind in APPLIES[o]):
             suffix, value = data.draw(GOOD_VALUES[option])
             lines.append(f"check.c{n}.{suffix}={value}")
