@@ -108,6 +108,12 @@ class Agent:
         reasons = {c["ServiceID"]: maintenance_reason(c["ServiceID"], [c]) for c in checks.values()}
         return {sid: reason for sid, reason in reasons.items() if reason is not None}
 
+    def named_check_statuses(self, owner: str) -> dict[str, str]:
+        """The status of each check.NAME check of ours: one filtered read, for restart_after."""
+        checks = self._call("GET /v1/agent/checks", self.client.agent.checks,
+                            filter_expr=f'CheckID matches "^{ID_PREFIX}:{owner}:.*:check:"')
+        return {cid: check.get("Status", "") for cid, check in checks.items()}
+
     def maintenance(self, service_id: str, enable: bool, reason: str = "", service: str = "") -> None:
         """Consul's maintenance mode for one instance, as `consul maint -service` sets it."""
         flag = "true" if enable else "false"

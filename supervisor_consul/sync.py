@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -31,7 +32,9 @@ from .holder import Holder
 from .inbox import Batch, Inbox
 from .instance import Registration
 from .plan import Actual, Deregister, Desired, Operation, Register, UpdateTTL, Written
+from .check_restart import Restart, Restarts
 from .script_results import ScriptChecks, ScriptResult
+from .spec import CheckKind
 from .rpc import Supervisor, SupervisorError, Waker, for_configuration
 from .waking import RunningWakeup
 
@@ -90,6 +93,8 @@ class Sync:
         self.holder = Holder(agent, keeper, self.conditions.report, self.conditions.clear, wall)
         self._sender = sending.Sender(self._send, workers)
         self.scripts = ScriptChecks(inbox.post)
+        self.restarts = Restarts()
+        self._restarted: dict[str, tuple[str, float]] = {}  # namespec -> (why, wall-clock time until shown)
 
     # -- the loop -----------------------------------------------------------
 
@@ -274,8 +279,64 @@ class Sync:
             status = self.statuses.get(spec.namespec)
             registration = self.registrations.get(unit)
             if registration is not None and status is not None:
-                result[registration.service_id] = Desired.of(registration, status, spec, now)
+                result[registration.service_id] = self._with_restart_note(
+                    Desired.of(registration, status, spec, now), spec.namespec, now)
         return result
+
+    def _with_restart_note(self, desired: Desired, namespec: str, now: float) -> Desired:
+        why = self._restarted.get(namespec)
+        if why is None or now >= why[1] or not isinstance(desired.wanted, health.Health) \
+                or desired.wanted.status != health.PASSING:
+            return desired
+        return replace(desired, wanted=replace(desired.wanted, note=f"{desired.wanted.note}; {why[0]}"))
+
+    # -- restart on failing checks (check_restart.py) -----------------------------------
+
+    def _look_at_checks(self) -> None:
+        """One look per interval at every check with restart_after, of processes
+        RUNNING and registered; a restart runs in a thread of its own, since a
+        stop may take stopwaitsecs."""
+        assert self.configuration is not None and self.actual is not None
+        now = self._wall()
+        watched = [(registration, spec, check, instance.check_id(registration.service_id, check))
+                   for unit, spec in self.configuration.services.items()
+                   if (registration := self.registrations.get(unit)) is not None
+                   for check in spec.checks if check.restart_after]
+        self.restarts.keep_only({cid for _, _, _, cid in watched})
+        due = [w for w in watched if self.restarts.due(w[3], w[2], now)]
+        if not due:
+            return
+        consul_run: dict[str, str] = {}
+        if any(check.kind is not CheckKind.SCRIPT for _, _, check, _ in due):
+            try:
+                consul_run = self.agent.named_check_statuses(self.owner)
+            except ConsulError as exc:
+                self._agent_failed(exc)
+                return
+        for registration, spec, check, cid in due:
+            status = self.statuses.get(spec.namespec)
+            have = self.actual.get(registration.service_id)
+            if status is None or status.state != "RUNNING" or have is None:
+                continue
+            result = self.scripts.results.get(cid) if check.kind is CheckKind.SCRIPT else None
+            seen = result.status if result is not None else consul_run.get(cid)
+            restart = self.restarts.look(cid, check, spec.namespec, seen, now, status.since,
+                                         have.maintenance is not None)
+            if restart is not None:
+                self._restart(restart, check.restart_grace_seconds)
+
+    def _restart(self, restart: Restart, shown_for: float) -> None:
+        log.warning("%s: %s; restarting it", restart.namespec, restart.note)
+        self._restarted[restart.namespec] = (restart.note, self._wall() + shown_for)
+        supervisor = self.supervisor
+        assert supervisor is not None
+
+        def run() -> None:
+            try:
+                supervisor.restart(restart.namespec)
+            except SupervisorError as exc:
+                log.error("%s: restart for check %s failed: %s", restart.namespec, restart.check, exc)
+        threading.Thread(target=run, name=f"restart {restart.namespec}", daemon=True).start()
 
     # -- converging ------------------------------------------------------------
 
@@ -357,6 +418,7 @@ class Sync:
                 self._operation_failed(operation, exc)
         self._heartbeat_due = self._next_heartbeat_due(now)
         self.scripts.want(self.configuration.services, self.registrations, self.statuses, self.actual)
+        self._look_at_checks()
         return applied
 
     def _next_heartbeat_due(self, now: float) -> float:
