@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from . import __version__, config, logtext, maintenance, show, snapshot, status
+from . import __version__, config, draining, durations, logtext, maintenance, show, snapshot, status
 from .agent import Agent
 from .connection import SETTINGS, Connection, SettingError, connection
 from .inbox import Inbox
@@ -75,7 +75,55 @@ def parser() -> argparse.ArgumentParser:
     _configuration_option(maint)
     _consul_options(maint)
     maint.set_defaults(run=run_maint)
+    _drain_commands(commands)
     return top
+
+
+def _drain_commands(commands: argparse._SubParsersAction) -> None:
+    stop = commands.add_parser(
+        "stop", help="take processes out of DNS, wait, then have supervisord stop them",
+        description="Each instance of the named processes goes into Consul's maintenance mode (out of DNS), "
+                    "stays there for the drain (--drain, else the largest drain= of its [consul:*] sections), "
+                    "then supervisord stops it and the maintenance is lifted, so the listener deregisters it.  "
+                    "Progress on stderr.  Exit 0 done, 1 when a name means nothing, 2 when supervisord or "
+                    "Consul cannot be asked or refuses.")
+    restart = commands.add_parser(
+        "restart", help="stop as `stop` does, start again, and wait until Consul finds them passing",
+        description="As `stop`, then supervisord starts each process again; its instances stay in "
+                    "maintenance until every check of theirs passes, then re-enter DNS.  --rolling: one "
+                    "process (--batch N) at a time, the next only once the last passes.  Exit 0 done, 1 when "
+                    "a name means nothing or a process did not come back passing within --wait-passing "
+                    "(the rest are left untouched), 2 when supervisord or Consul cannot be asked or refuses.")
+    for command in (stop, restart):
+        command.add_argument("names", nargs="+", metavar="NAME",
+                             help="as supervisorctl takes them: group:name, group:* or a program's name, or all")
+        command.add_argument("--drain", metavar="DURATION", type=_duration,
+                             help="how long out of DNS before the stop, as 5s or 1m (default: drain= of the "
+                                  "[consul:*] section, else 0s)")
+        _configuration_option(command)
+        _consul_options(command)
+    restart.add_argument("--rolling", action="store_true", help="one batch at a time (default: all at once)")
+    restart.add_argument("--batch", metavar="N", type=_positive, default=1,
+                         help="with --rolling: processes per batch (default 1)")
+    restart.add_argument("--wait-passing", metavar="TIMEOUT", type=_duration, default=draining.DEFAULT_WAIT_PASSING,
+                         help=f"how long each batch may take to pass again (default "
+                              f"{draining.DEFAULT_WAIT_PASSING})")
+    stop.set_defaults(run=run_drain, restart=False, rolling=False, batch=1,
+                      wait_passing=draining.DEFAULT_WAIT_PASSING)
+    restart.set_defaults(run=run_drain, restart=True)
+
+
+def _duration(text: str) -> str:
+    try:
+        return durations.normalize(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; give one as 5s, 500ms or 1m") from exc
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+    return int(text)
 
 
 def _consul_options(command: argparse.ArgumentParser) -> None:
@@ -147,6 +195,19 @@ def run_maint(args: argparse.Namespace) -> int:
     lines, code = maintenance.turn(taken, args.names, args.state == "on", args.reason)
     print("\n".join(lines))
     return code
+
+
+def run_drain(args: argparse.Namespace) -> int:
+    taken = _snapshot(args)
+    if isinstance(taken, int):
+        return taken
+    supervisor: draining.Control = taken.supervisor  # type: ignore[assignment]  # rpc.Supervisor, from take()
+    return draining.run(taken, supervisor, args.names, args.restart, _progress, args.drain, args.rolling,
+                        args.batch, args.wait_passing)
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _snapshot(args: argparse.Namespace) -> snapshot.Snapshot | int:

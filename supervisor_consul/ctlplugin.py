@@ -22,7 +22,7 @@ from typing import Any
 
 from supervisor.supervisorctl import ControllerPluginBase
 
-from . import maintenance, snapshot, status
+from . import draining, durations, maintenance, snapshot, status
 from .connection import SETTINGS, SettingError, connection
 from .rpc import SupervisorError
 
@@ -31,7 +31,11 @@ USAGE = ("consul status [--json]                     each process with a [consul
          "consul maint NAME [NAME ...] on|off [--reason TEXT]\n"
          "                                           Consul's maintenance mode for those processes' "
          "instances;\n"
-         "                                           --reason last: the rest of the line is the reason")
+         "                                           --reason last: the rest of the line is the reason\n"
+         "consul stop NAME [NAME ...] [--drain DURATION]\n"
+         "                                           out of DNS for the drain, then stopped\n"
+         "consul restart NAME [NAME ...] [--drain DURATION] [--rolling] [--batch N] [--wait-passing TIMEOUT]\n"
+         "                                           stopped as by stop, started, back in DNS once passing")
 
 
 class _Usage(Exception):
@@ -57,7 +61,21 @@ def _parser() -> argparse.ArgumentParser:
     maint.add_argument("names", nargs="+")
     maint.add_argument("state", choices=("on", "off"))
     maint.add_argument("--reason")
+    for verb in ("stop", "restart"):
+        drain = commands.add_parser(verb, add_help=False)
+        drain.add_argument("names", nargs="+")
+        drain.add_argument("--drain", type=_duration)
+        if verb == "restart":
+            drain.add_argument("--rolling", action="store_true")
+            drain.add_argument("--batch", type=int, default=1)
+            drain.add_argument("--wait-passing", type=_duration, default=draining.DEFAULT_WAIT_PASSING)
+        drain.set_defaults(restart=verb == "restart", rolling=False, batch=1,
+                           wait_passing=draining.DEFAULT_WAIT_PASSING)
     return top
+
+
+def _duration(text: str) -> str:
+    return durations.normalize(text)  # its ValueError reads as a usage error
 
 
 class _Supervisord:
@@ -71,6 +89,12 @@ class _Supervisord:
 
     def signal(self, namespec: str, signal: str) -> None:
         self._call("signalProcess", namespec, signal)
+
+    def stop(self, namespec: str, wait: bool = True) -> None:
+        self._call("stopProcess", namespec, wait)
+
+    def start(self, namespec: str, wait: bool = True) -> None:
+        self._call("startProcess", namespec, wait)
 
     def _call(self, method: str, *args: Any) -> Any:
         url = self._ctl.options.serverurl
@@ -97,6 +121,15 @@ class ConsulControllerPlugin(ControllerPluginBase):
             return
         taken = self._snapshot()
         if taken is None:
+            return
+        if args.command in ("stop", "restart"):
+            if args.batch < 1:
+                self._say(["consul: --batch: at least 1", USAGE], 2)
+                return
+            # Progress as it happens, through supervisorctl's output.
+            code = draining.run(taken, _Supervisord(self.ctl), args.names, args.restart, self.ctl.output,
+                                args.drain, args.rolling, args.batch, args.wait_passing)
+            self._say([], code)
             return
         if args.command == "status":
             lines, code = status.report(taken, args.json, time.time())

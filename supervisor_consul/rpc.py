@@ -83,13 +83,15 @@ class Supervisor:
     def signal(self, namespec: str, signal: str) -> None:
         self._call("signalProcess", namespec, signal)
 
-    def stop(self, namespec: str) -> None:
-        """Returns once supervisord has it STOPPED."""
-        self._call("stopProcess", namespec, True)
+    def stop(self, namespec: str, wait: bool = True) -> None:
+        """With WAIT, returns once supervisord has it STOPPED (within TIMEOUT: a longer
+        stopwaitsecs needs wait=False and a look at its state)."""
+        self._call("stopProcess", namespec, wait)
 
-    def start(self, namespec: str) -> None:
-        """Returns once it is RUNNING (startsecs passed); a fault when it does not get there."""
-        self._call("startProcess", namespec, True)
+    def start(self, namespec: str, wait: bool = True) -> None:
+        """With WAIT, returns once it is RUNNING (startsecs passed, within TIMEOUT); a fault
+        when it does not get there."""
+        self._call("startProcess", namespec, wait)
 
     def restart(self, namespec: str, deadline: float = 60.0) -> None:
         """Stop a process and start it again, as `supervisorctl restart` does; each
