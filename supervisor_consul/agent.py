@@ -108,6 +108,11 @@ class Agent:
         reasons = {c["ServiceID"]: maintenance_reason(c["ServiceID"], [c]) for c in checks.values()}
         return {sid: reason for sid, reason in reasons.items() if reason is not None}
 
+    def has_service(self, service_id: str) -> bool:
+        services = self._call("GET /v1/agent/services", self.client.agent.services,
+                              filter_expr=f'ID == "{service_id}"')
+        return service_id in services
+
     def named_check_statuses(self, owner: str) -> dict[str, str]:
         """The status of each check.NAME check of ours: one filtered read, for restart_after."""
         checks = self._call("GET /v1/agent/checks", self.client.agent.checks,
@@ -153,7 +158,7 @@ class Agent:
                    registration.name, service_id=registration.service_id, address=registration.address or None,
                    port=registration.port or None, tags=payload["Tags"], meta=payload["Meta"],
                    weights=payload.get("Weights"), enable_tag_override=payload.get("EnableTagOverride", False),
-                   tagged_addresses=payload.get("TaggedAddresses"),
+                   tagged_addresses=payload.get("TaggedAddresses"), connect=payload.get("Connect"),
                    check=checks[0] if checks else None, extra_checks=checks[1:],
                    replace_existing_checks=False, service=registration.name)
         for check_id in sorted(stale_checks):

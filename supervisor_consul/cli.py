@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from . import __version__, config, draining, durations, logtext, maintenance, show, snapshot, status
+from . import __version__, config, connect_proxy, draining, durations, logtext, maintenance, show, snapshot, status
 from .agent import Agent
 from .connection import SETTINGS, Connection, SettingError, connection
 from .inbox import Inbox
@@ -75,6 +75,7 @@ def parser() -> argparse.ArgumentParser:
     _configuration_option(maint)
     _consul_options(maint)
     maint.set_defaults(run=run_maint)
+    connect_proxy.add_parser(commands, _configuration_option)
     _drain_commands(commands)
     return top
 
@@ -150,7 +151,10 @@ def _configuration_option(command: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ours, consuls = connect_proxy.split_extra(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(ours)
+    if consuls:
+        args.extra = consuls
     return args.run(args)
 
 

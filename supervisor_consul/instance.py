@@ -16,7 +16,7 @@ from typing import Any
 
 from . import claim, durations
 from .config import Configuration
-from .spec import CheckKind, CheckSpec, ServiceSpec
+from .spec import CheckKind, CheckSpec, Connect, ServiceSpec
 
 ID_PREFIX = "supervisord"
 OWNER_META = "supervisor-consul-owner"
@@ -177,6 +177,10 @@ def of(spec: ServiceSpec, owner: str, host: str, claimed: bool = False) -> Regis
     if spec.tagged_addresses:
         extra.append(("TaggedAddresses", tuple((t.name, (("Address", t.address), ("Port", t.port)))
                                                for t in spec.tagged_addresses)))
+    if spec.connect == Connect.SIDECAR:
+        # Consul registers the sidecar service with the instance and removes it with it; its port is Consul's pick.
+        upstreams = tuple((("DestinationName", name), ("LocalBindPort", port)) for name, port in spec.upstreams)
+        extra.append(("Connect", (("SidecarService", (("Proxy", (("Upstreams", upstreams),)),)),)))
     fields: dict[str, Any] = dict(service_id=sid, name=spec.name, port=spec.port, address=spec.address,
                                   tags=spec.tags, meta=meta, checks=tuple(checks), ttl_check_id=process_check)
     if extra:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .spec import CheckKind
-from .values import (CHECK_FORMS, address, check_target, count, deregister_after, duration, flag, header_value,
-                     meta_value, method, on_fatal, optional_port, plain, positive_count, single_check, tagged_address,
-                     tags, ttl, wait, weight)
+from .values import (CHECK_FORMS, address, check_target, connect, count, deregister_after, duration, flag,
+                     header_value, meta_value, method, on_fatal, optional_port, plain, positive_count, single_check, tagged_address,
+                     tags, ttl, upstreams, wait, weight)
 
 
 PLACEHOLDERS = {"NAME": r"([^.]+)", "KEY": r"(.+)", "HEADER": r"(.+)"}
@@ -92,6 +92,10 @@ KEYS: tuple[Key, ...] = (
         "a row the listener has supervisord restart the process"),
     Key("check.NAME.restart_grace", duration, None, "interval × restart_after", "no restart for this long after "
         "the process started, and at most one restart in it"),
+    Key("connect", connect, "none", "`none`", "`sidecar`: Consul Connect, a sidecar proxy service registered "
+        "with the instance (run it with `supervisor-consul connect-proxy`)", field="connect"),
+    Key("connect.upstreams", upstreams, "", "none", "the sidecar's upstreams, `DESTINATION:LOCAL_PORT`, "
+        "comma-separated (`db:9191, cache:9192`)", field="upstreams"),
     Key("drain", wait, "0s", "`0`", "how long `supervisor-consul stop` and `restart` keep an instance out of "
         "DNS before supervisord stops it", field="drain"),
     Key("ttl", ttl, "15s", "`15s`", "the process-state check's TTL, at least 1s; the listener refreshes it "

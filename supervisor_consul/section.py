@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .schema import ALL_KINDS, BY_NAME, KEYS, RESERVED_META, MAX_META_PAIRS, Key, applies_to, key_of, known_keys
-from .spec import CheckSpec, ServiceSpec, TaggedAddress
+from .spec import CheckSpec, Connect, ServiceSpec, TaggedAddress
 from .values import CHECK_NAME, DNS_NAME, HTTP_TOKEN, META_KEY, Invalid, of_version
 
 
@@ -105,6 +105,9 @@ def spec_of(source: Source, program: str, key: str, **process: Any) -> tuple[Ser
     fields["ttl_check"] = single != "none"
     fields["checks"] = (*(() if isinstance(single, str) or single is None else (single,)),
                         *_named_checks(reading, families))
+    if fields["upstreams"] and fields["connect"] != Connect.SIDECAR:
+        reading.problem("connect.upstreams", source.raw("connect.upstreams"),
+                        "upstreams go through a sidecar: add connect = sidecar, or remove this")
     if not fields["ttl_check"]:
         # deregister_after still applies: to the liveness check a `check = none` instance gets.
         for option in ("ttl", "on_fatal"):

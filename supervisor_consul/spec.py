@@ -19,6 +19,13 @@ class CheckKind(enum.StrEnum):
     SCRIPT = "exec"  # the listener runs it and reports to a TTL check
 
 
+class Connect(enum.StrEnum):
+    """Consul Connect (service mesh) for an instance."""
+
+    NONE = "none"
+    SIDECAR = "sidecar"  # a sidecar proxy service registered with it; Consul picks its port
+
+
 class OnFatal(enum.StrEnum):
     DEREGISTER = "deregister"
     CRITICAL = "critical"
@@ -84,6 +91,8 @@ class ServiceSpec:
     weights: tuple[int, int] | None = None  # (passing, warning); None: Consul's own (1, 1)
     enable_tag_override: bool = False
     tagged_addresses: tuple[TaggedAddress, ...] = ()
+    connect: Connect = Connect.NONE
+    upstreams: tuple[tuple[str, int], ...] = ()  # (destination service, local port) through the sidecar
     drain: str = "0s"  # out of DNS this long before `supervisor-consul stop/restart` stop it
     # The program's environment= and directory=, for its script checks.
     environment: tuple[tuple[str, str], ...] = ()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from supervisor.datatypes import boolean as supervisor_boolean
 
 from . import durations
-from .spec import CheckKind, OnFatal
+from .spec import CheckKind, Connect, OnFatal
 
 
 class Invalid(ValueError):
@@ -91,6 +91,24 @@ def on_fatal(text: str) -> OnFatal:
         return OnFatal(text)
     except ValueError:
         raise Invalid("on_fatal must be " + " or ".join(o.value for o in OnFatal)) from None
+
+
+def connect(text: str) -> Connect:
+    try:
+        return Connect(text)
+    except ValueError:
+        raise Invalid("connect must be " + " or ".join(c.value for c in Connect)) from None
+
+
+def upstreams(text: str) -> tuple[tuple[str, int], ...]:
+    """`db:9191, cache:9192`: DESTINATION:LOCAL_PORT, comma-separated."""
+    found = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        destination, _, local = item.rpartition(":")
+        if not DNS_NAME.match(destination) or not re.fullmatch(r"[0-9]{1,5}", local) or not 0 < int(local) < 65536:
+            raise Invalid(f"{item!r}: upstreams are DESTINATION:LOCAL_PORT, comma-separated (db:9191, cache:9192)")
+        found.append((destination, int(local)))
+    return tuple(found)
 
 
 def meta_value(text: str) -> str:

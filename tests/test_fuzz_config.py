@@ -346,6 +346,13 @@ BAD_KEYS: dict[str, st.SearchStrategy] = {
     "check.NAME.failures_before_critical": option_of("failures_before_critical", bad_whole(0)),
     "check.NAME.restart_after": option_of("restart_after", bad_whole(1)),
     "check.NAME.restart_grace": option_of("restart_grace", BAD_DURATION),
+    "connect": bad("connect", st.one_of(VALUE.filter(lambda v: v not in ("none", "sidecar")),
+                                        st.sampled_from(["Sidecar", "mesh", "true", "envoy"]), BAD_EXPANSION)),
+    # DESTINATION:LOCAL_PORT, comma-separated (a bad one is named with or without connect = sidecar)
+    "connect.upstreams": st.builds(lambda value: Bad("connect.upstreams", value),
+                                   st.one_of(st.sampled_from(["db", "db:", ":9191", "db:0", "db:65536", "d b:80",
+                                                              "db:9191,cache", "-db:80", "db:eighty", "db:\u0668\u0660"]),
+                                             BAD_EXPANSION)),
     # drain may be zero (no drain): only what is no duration at all, or past Consul's limit, is bad.
     "drain": bad("drain", BAD_DURATION.filter(lambda v: not duration_syntax(v) or v.endswith("99999999999h")
                                               or v == "2562048h")),
