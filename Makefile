@@ -18,6 +18,7 @@ test: venv
 	scripts/get-consul >/dev/null
 	scripts/get-nc >/dev/null
 	scripts/get-dig >/dev/null
+	scripts/get-haproxy >/dev/null
 	scripts/get-chromium >/dev/null
 	$(BIN)/python -m pytest
 
