@@ -1,6 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
 # Both set up what they need: the venv, the Python packages, consul, nc and dig
-# (and, for the tests, dnsmasq and chromium).
+# (and, for the tests, dnsmasq, haproxy and chromium).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
