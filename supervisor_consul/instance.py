@@ -94,9 +94,11 @@ def maintenance_reason(service_id: str, checks: list[dict[str, Any]]) -> str | N
 
 
 def is_owned(service: dict[str, Any], owner: str) -> bool:
-    """Ours only if both the ID and the meta say so: never touch anyone else's."""
+    """Ours only if both the ID and the meta say so: never touch anyone else's.  A
+    sidecar (Kind connect-proxy) has its instance's ID and meta, but Consul adds and
+    removes it with the instance: it is the instance's, never one to reconcile."""
     return (str(service.get("ID", "")).startswith(f"{ID_PREFIX}:{owner}:")
-            and (service.get("Meta") or {}).get(OWNER_META) == owner)
+            and (service.get("Meta") or {}).get(OWNER_META) == owner and not service.get("Kind"))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from supervisor_consul import config, connect_proxy, instance
 from tests import http_probe
 from tests.harness import ConsulAgent, free_port, listener, wait_for
 from tests.test_config import program, write
-from tests.test_integration import unique
+from tests.test_integration import listener_log, unique
 
 
 def args(namespec: str, *extra: str) -> argparse.Namespace:
@@ -69,6 +69,11 @@ def test_a_client_reaches_api_through_its_sidecars_until_an_intention_denies_it(
     wait_for(lambda: [e for e in consul_agent.health(sidecar)
                       if all(c["Status"] == "passing" for c in e["Checks"])], timeout=60,
              message="api's sidecar registered and passing")
+    # A full reconcile leaves the sidecars alone: they carry their instances' meta, but are Consul's to keep.
+    reconciles = listener_log(sv).count("reconcile done")
+    assert sv.ctl("signal", "HUP", "consul").returncode == 0
+    wait_for(lambda: listener_log(sv).count("reconcile done") > reconciles, message="a reconcile after HUP")
+    assert consul_agent.health(sidecar) and "deregistered supervisord" not in listener_log(sv)
     # client -> its sidecar's upstream listener -> mTLS -> api's sidecar -> api
     assert wait_for(lambda: through(upstream) == 200, timeout=60, message="api through the mesh") is True
     records = http_probe.read_records(tmp_path / "api.jsonl")

@@ -141,6 +141,13 @@ def test_owner_id():
                                                                                    "supervisor")
 
 
+def test_a_sidecar_of_ours_is_never_ours_to_reconcile():
+    # Consul gives a sidecar its instance's meta; it adds and removes the sidecar with the instance.
+    sidecar = {"ID": f"supervisord:{OWNER}:api-sidecar-proxy", "Kind": "connect-proxy",
+               "Meta": {"supervisor-consul-owner": OWNER}}
+    assert not is_owned(sidecar, OWNER)
+
+
 def test_is_owned_needs_id_and_meta():
     ours = {"ID": f"supervisord:{OWNER}:web", "Meta": {"supervisor-consul-owner": OWNER}}
     assert is_owned(ours, OWNER)
