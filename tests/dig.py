@@ -18,7 +18,7 @@ import pathlib
 import re
 import subprocess
 
-from tests.harness import LOOPBACK, _tail, _terminate, _wait_started, fetched, free_port
+from tests.harness import LOOPBACK, LoggedDaemon, fetched, free_port
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -105,24 +105,18 @@ def dnsmasq_binary() -> str:
     return os.path.join(unpacked, "bin", "dnsmasq")
 
 
-class Dnsmasq:
+class Dnsmasq(LoggedDaemon):
     """A real dnsmasq on 127.0.0.1:port (free), reading only conf_text: no
     /etc/resolv.conf, no /etc/hosts, no pid file, no daemon, no privileges dropped
     (it stays the user that runs the tests)."""
 
+    name = "dnsmasq"
+
     def __init__(self, workdir: pathlib.Path, conf_text: str) -> None:
-        self.workdir = pathlib.Path(workdir).resolve()
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir)
         self.conf = self.workdir / "dnsmasq.conf"
         self.conf.write_text(conf_text)
-        self.log_path = self.workdir / "dnsmasq.log"
         self.port = free_port()
-        self._proc: subprocess.Popen | None = None
-        self._log = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def command(self) -> list[str]:
         import pwd
@@ -133,33 +127,6 @@ class Dnsmasq:
                 "--no-resolv", "--no-hosts", "--pid-file", f"--conf-file={self.conf}",
                 *([f"--user={user}"] if os.geteuid() == 0 else [])]
 
-    def start(self) -> None:
-        self._log = open(self.log_path, "ab")
-        self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
-                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=str(self.workdir))
-        try:
-            # Any reply at all (REFUSED for a name it has no server for) means it is listening.
-            _wait_started(self._proc, lambda: dig_text(LOOPBACK, self.port, "ready.invalid", "A", "+time=1",
-                                                       "+tries=1"),
-                          20, "dnsmasq", lambda: f"log tail:\n{_tail(self.log_path)}")
-        except BaseException:
-            self.stop()
-            raise
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            _terminate(proc, 10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> Dnsmasq:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def ready(self) -> str:
+        # Any reply at all (REFUSED for a name it has no server for) means it is listening.
+        return dig_text(LOOPBACK, self.port, "ready.invalid", "A", "+time=1", "+tries=1")

@@ -19,7 +19,7 @@ import pathlib
 import socket
 import subprocess
 
-from tests.harness import LOOPBACK, _tail, _terminate, _wait_started, fetched, free_port
+from tests.harness import LOOPBACK, LoggedDaemon, fetched, free_port
 
 
 @functools.cache
@@ -87,29 +87,23 @@ backend web
 """
 
 
-class HAProxy:
+class HAProxy(LoggedDaemon):
     """A real haproxy on 127.0.0.1:port (free) for the instances of SERVICE in the
     Consul DNS on 127.0.0.1:dns_port."""
 
+    name = "haproxy"
+
     def __init__(self, workdir: pathlib.Path, dns_port: int, service: str, servers: int = 5) -> None:
-        self.workdir = pathlib.Path(workdir).resolve()
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir)
         self.port = free_port()
         self.stats_port = free_port()
         self.conf = self.workdir / "haproxy.cfg"
         self.conf.write_text(config_text(service=service, dns_port=dns_port, port=self.port,
                                          stats_port=self.stats_port, servers=servers))
-        self.log_path = self.workdir / "haproxy.log"
-        self._proc: subprocess.Popen | None = None
-        self._log = None
 
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def command(self) -> list[str]:
         # -db: foreground, no daemon; no user/chroot in the config: it stays the tests' user.
@@ -144,31 +138,5 @@ class HAProxy:
         """`127.0.0.1:PORT` of every server UP, sorted."""
         return sorted(r["addr"] for r in self.servers(backend) if r["status"] == "UP")
 
-    def start(self) -> None:
-        self._log = open(self.log_path, "ab")
-        self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT, cwd=str(self.workdir))
-        try:
-            _wait_started(self._proc, lambda: "Name: HAProxy" in self.command_text("show info", timeout=1),
-                          20, "haproxy", lambda: f"log tail:\n{_tail(self.log_path)}")
-        except BaseException:
-            self.stop()
-            raise
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            _terminate(proc, 10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> HAProxy:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def ready(self) -> bool:
+        return "Name: HAProxy" in self.command_text("show info", timeout=1)

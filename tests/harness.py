@@ -600,3 +600,55 @@ class Supervisord:
 
     def __exit__(self, *exc) -> None:
         self.cleanup()
+
+
+class LoggedDaemon:
+    """A helper program the tests run in the foreground (dnsmasq, haproxy): its
+    output in workdir/NAME.log, started until ready() holds, stopped by pid."""
+
+    name = "daemon"
+
+    def __init__(self, workdir: pathlib.Path) -> None:
+        self.workdir = pathlib.Path(workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / f"{self.name}.log"
+        self._proc: subprocess.Popen | None = None
+        self._log: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> Any:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "ab")
+        self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=self._log,
+                                      stderr=subprocess.STDOUT, cwd=str(self.workdir))
+        try:
+            _wait_started(self._proc, self.ready, 20, self.name, lambda: f"log tail:\n{_tail(self.log_path)}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _terminate(proc, 10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> LoggedDaemon:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
