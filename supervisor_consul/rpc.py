@@ -96,13 +96,13 @@ class Supervisor:
     def restart(self, namespec: str, deadline: float = 60.0) -> None:
         """Stop a process and start it again, as `supervisorctl restart` does; each
         call returns at once, so no call waits out a slow stop (stopwaitsecs)."""
-        self._call("stopProcess", namespec, False)
+        self.stop(namespec, wait=False)
         until = time.monotonic() + deadline
         while self._call("getProcessInfo", namespec)["statename"] not in ("STOPPED", "EXITED", "FATAL"):
             if time.monotonic() > until:
                 raise SupervisorError(f"{namespec} did not stop within {deadline:g} s; not started again")
             time.sleep(0.1)  # supervisord says nothing when it is done but through events, which are the listener's
-        self._call("startProcess", namespec, False)
+        self.start(namespec, wait=False)
 
     def wake(self) -> None:
         """Any request wakes supervisord's main loop from its poll() (up to a
