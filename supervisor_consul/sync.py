@@ -34,7 +34,7 @@ from .instance import Registration
 from .plan import Actual, Deregister, Desired, Operation, Register, UpdateTTL, Written
 from .check_restart import Restart, Restarts
 from .script_results import ScriptChecks, ScriptResult
-from .spec import CheckKind
+from .spec import CheckKind, CheckSpec, ServiceSpec
 from .rpc import Supervisor, SupervisorError, Waker, for_configuration
 from .waking import RunningWakeup
 
@@ -94,6 +94,7 @@ class Sync:
         self._sender = sending.Sender(self._send, workers)
         self.scripts = ScriptChecks(inbox.post)
         self.restarts = Restarts()
+        self._watched: list[tuple[Registration, ServiceSpec, CheckSpec, str]] = []  # (…, check ID)
         self._restarted: dict[str, tuple[str, float]] = {}  # namespec -> (why, wall-clock time until shown)
 
     # -- the loop -----------------------------------------------------------
@@ -248,6 +249,12 @@ class Sync:
         self._built_claimed = self.holder.claimed
         self.registrations = {unit: instance.of(spec, self.owner, self.host, self._built_claimed)
                               for unit, spec in self.configuration.services.items()}
+        # The checks with restart_after, once per configuration rather than every round.
+        self._watched = [(registration, spec, check, instance.check_id(registration.service_id, check))
+                         for unit, spec in self.configuration.services.items()
+                         if (registration := self.registrations[unit])
+                         for check in spec.checks if check.restart_after]
+        self.restarts.keep_only({cid for _, _, _, cid in self._watched})
 
     def _read_supervisor(self) -> None:
         assert self.supervisor is not None
@@ -298,12 +305,7 @@ class Sync:
         stop may take stopwaitsecs."""
         assert self.configuration is not None and self.actual is not None
         now = self._wall()
-        watched = [(registration, spec, check, instance.check_id(registration.service_id, check))
-                   for unit, spec in self.configuration.services.items()
-                   if (registration := self.registrations.get(unit)) is not None
-                   for check in spec.checks if check.restart_after]
-        self.restarts.keep_only({cid for _, _, _, cid in watched})
-        due = [w for w in watched if self.restarts.due(w[3], w[2], now)]
+        due = [w for w in self._watched if self.restarts.due(w[3], w[2], now)]
         if not due:
             return
         consul_run: dict[str, str] = {}
