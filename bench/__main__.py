@@ -1,6 +1,6 @@
 """`python -m bench [NAME ...]`: run the benchmarks and print one table.
 
-NAME is any of latency, burst, throughput, footprint (default: all).
+NAME is any of latency, crash, burst, throughput, footprint, steady (default: all).
 --quick runs each with small counts (seconds, not minutes) to check the
 scripts themselves; its figures mean little.
 """
@@ -13,7 +13,9 @@ import time
 
 from bench.report import Row, dump, machine, table
 
-ALL = ("latency", "burst", "throughput", "footprint")
+ALL = ("latency", "crash", "burst", "throughput", "footprint", "steady")
+# NAME -> (module, function) where that is not (bench.NAME, run)
+RUNNERS = {"crash": ("bench.latency", "run_crash")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     for name in args.names or ALL:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
-        module = importlib.import_module(f"bench.{name}")
-        rows.extend(module.run(quick=args.quick))
+        module, function = RUNNERS.get(name, (f"bench.{name}", "run"))
+        rows.extend(getattr(importlib.import_module(module), function)(quick=args.quick))
     print()
     print("\n".join(table(rows)))
     print()
