@@ -5,20 +5,26 @@ all passing, and the ratio of the two, both counted from the start command.
 supervisord's own log gives each RUNNING transition to the millisecond; the
 agent is polled (keep-alive, every 20 ms) for the passing count.  The plot of
 both counts over time goes to docs/burst-N.png.
+
+Both topologies (bench/topology.py): `-dev`, and a server with a client
+agent that supervisord's listener talks to (its plots: docs/burst-N-client.png);
+the agent-alone limit is measured on a fresh one of the same topology.
 """
 from __future__ import annotations
 
 import datetime
 import re
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import requests
 
-from bench import requestlog
 from bench.report import Row
+from bench.topology import TOPOLOGIES, Dev, Topology
 from tests.harness import ConsulAgent, Supervisord, listener, wait_for
 
 SIZES = (100, 300, 1000)
@@ -44,12 +50,18 @@ name=burst
 
 
 def _passing(session: requests.Session, agent: ConsulAgent) -> int:
+    """Instances of `burst` with every check passing (however many checks each has)."""
     checks = session.get(f"http://{agent.http_addr}/v1/agent/checks", timeout=5).json()
-    return sum(1 for check in checks.values() if check["ServiceName"] == "burst" and check["Status"] == "passing")
+    statuses: dict[str, set[str]] = {}
+    for check in checks.values():
+        if check["ServiceName"] == "burst":
+            statuses.setdefault(check["ServiceID"], set()).add(check["Status"])
+    return sum(1 for found in statuses.values() if found == {"passing"})
 
 
-def one(n: int, workdir: Path) -> dict:
-    with ConsulAgent(workdir / "consul", extra_args=requestlog.AGENT_ARGS) as agent:
+def one(n: int, workdir: Path, topology: Callable[[Path], Topology] = Dev) -> dict:
+    with topology(workdir / "consul") as consul:
+        agent = consul.agent
         sv = Supervisord(workdir / "supervisord", stanza(agent, n))
         # INFO still logs each RUNNING transition, which is what we time.
         sv.conf.write_text(sv.conf.read_text().replace("loglevel=debug", "loglevel=info"))
@@ -84,11 +96,11 @@ def one(n: int, workdir: Path) -> dict:
             sv.cleanup()
 
 
-def agent_alone(n: int, workdir: Path) -> float:
+def agent_alone(n: int, workdir: Path, topology: Callable[[Path], Topology] = Dev) -> float:
     """Seconds a fresh agent takes for n registrations + TTL passes from a tight
     keep-alive loop: the limit on how fast any client can make n instances pass."""
-    with ConsulAgent(workdir / "consul-alone", extra_args=requestlog.AGENT_ARGS) as agent:
-        session, base = requests.Session(), f"http://{agent.http_addr}"
+    with topology(workdir / "consul-alone") as consul:
+        session, base = requests.Session(), f"http://{consul.agent.http_addr}"
         started = time.perf_counter()
         for i in range(n):
             sid = f"burst-{i}"
@@ -109,7 +121,7 @@ def _running_times(log: str) -> list[float]:
     return times
 
 
-def plot(result: dict, path: Path) -> None:
+def plot(result: dict, path: Path, where: str = "-dev") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -121,7 +133,8 @@ def plot(result: dict, path: Path) -> None:
             label="Consul: passing")
     ax.set_xlabel("seconds since startProcessGroup")
     ax.set_ylabel("processes")
-    ax.set_title(f"Burst of {n} processes, buffer_size=10 ({result['dropped']} events dropped by supervisord)")
+    ax.set_title(f"Burst of {n} processes, {where}, buffer_size=10 ({result['dropped']} events dropped)",
+                 fontsize=10)
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -131,21 +144,29 @@ def plot(result: dict, path: Path) -> None:
 
 def run(quick: bool = False) -> list[Row]:
     rows = []
-    for n in QUICK_SIZES if quick else SIZES:
-        with tempfile.TemporaryDirectory(prefix=f"bench-burst-{n}-") as tmp:
-            result = one(n, Path(tmp))
-            alone = agent_alone(n, Path(tmp))
-        if not quick:
-            DOCS.mkdir(exist_ok=True)
-            plot(result, DOCS / f"burst-{n}.png")
-        ratio = result["all_passing"] / result["all_running"]
-        first = min(result["running"])
-        # No client can beat this: the agent's own time for n instances, from the first RUNNING.
-        best = max(result["all_running"], first + alone)
-        rows.append(Row(f"burst N={n}: all passing in Consul", f"{result['all_passing']:.2f} s",
-                        f"all RUNNING in supervisord {result['all_running']:.2f} s ({result['dropped']} events "
-                        f"dropped); the agent alone needs {alone:.2f} s for {n} register + pass, so no client "
-                        f"finishes before {best:.2f} s (ratio {best / result['all_running']:.2f})", ratio,
-                        f"ratio <= {TARGET_RATIO:.2f}" if n == 1000 else "-",
-                        ratio <= TARGET_RATIO if n == 1000 else None))
+    for where, topology in TOPOLOGIES.items():
+        for n in QUICK_SIZES if quick else SIZES:
+            print(f"bench: burst N={n}, {where} ...", file=sys.stderr, flush=True)
+            with tempfile.TemporaryDirectory(prefix=f"bench-burst-{n}-") as tmp:
+                result = one(n, Path(tmp), topology)
+                alone = agent_alone(n, Path(tmp), topology)
+                if quick:  # the plot's code runs too, into the directory about to go
+                    plot(result, Path(tmp) / "burst.png", where)
+            if not quick:
+                DOCS.mkdir(exist_ok=True)
+                plot(result, DOCS / (f"burst-{n}.png" if where == "-dev" else f"burst-{n}-client.png"), where)
+            rows.append(row(n, where, result, alone))
     return rows
+
+
+def row(n: int, where: str, result: dict, alone: float) -> Row:
+    ratio = result["all_passing"] / result["all_running"]
+    first = min(result["running"])
+    # No client can beat this: the agent's own time for n instances, from the first RUNNING.
+    best = max(result["all_running"], first + alone)
+    return Row(f"burst N={n}, {where}: all passing in Consul", f"{result['all_passing']:.2f} s",
+               f"all RUNNING in supervisord {result['all_running']:.2f} s ({result['dropped']} events "
+               f"dropped); the agent alone needs {alone:.2f} s for {n} register + pass, so no client "
+               f"finishes before {best:.2f} s (ratio {best / result['all_running']:.2f})", ratio,
+               f"ratio <= {TARGET_RATIO:.2f}" if n == 1000 else "-",
+               ratio <= TARGET_RATIO if n == 1000 else None)
