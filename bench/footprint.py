@@ -8,7 +8,7 @@ The listener: a real supervisord runs `sleep` as one program with
 numprocs=1000 (`--quick`: 50, with ttl=3s so steady state comes sooner) and
 the listener as its [eventlistener:consul];
 once the agent shows every instance passing and then, for a whole heartbeat period, nothing but heartbeats,
-a window of 60 s (`--quick`: 10 s) measures
+a window of 60 s (`--quick`: 5 s) measures
 - its RSS (VmRSS, sampled each second, the largest) and PSS (smaps_rollup), from /proc;
 - its CPU: utime + stime from /proc/PID/stat over the window, as % of one core;
 - its requests to the agent (the agent at INFO; bench/instrument logs them): heartbeats
@@ -70,6 +70,7 @@ def conf(instances: int, http_addr: str, listener_log: pathlib.Path, request_log
          program: str = "svc", keys: str = "", listen_args: str = "") -> str:
     """The listener finds this file itself, from supervisord's command line.  `keys`: more
     lines of the [consul:PROGRAM] section; `listen_args`: more options of `listen`."""
+    command = f"{sys.executable} -m supervisor_consul listen --http-addr {http_addr} {listen_args}".rstrip()
     return (
         f"[program:{program}]\n"
         "command=sleep 100000\n"
@@ -85,7 +86,7 @@ def conf(instances: int, http_addr: str, listener_log: pathlib.Path, request_log
         f"{keys}\n"
         "\n"
         "[eventlistener:consul]\n"
-        f"command={sys.executable} -m supervisor_consul listen --http-addr {http_addr}{' ' + listen_args if listen_args else ''}\n"
+        f"command={command}\n"
         "events=PROCESS_STATE,PROCESS_GROUP,TICK_5\n"
         "buffer_size=1000\n"
         "priority=-2\n"

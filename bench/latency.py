@@ -86,7 +86,6 @@ TARGET = "median <= 10 ms, p99 <= 50 ms"
 CRASH_TARGET = "median <= 20 ms, p99 <= 100 ms"
 PROGRAM = "sleeper"
 STARTSECS = 1.0
-AGENT_ARGS = ("-log-level=info",)  # as an agent runs in production; -dev's DEBUG logs every request
 POLL_GAP = 0.0005  # seconds between agent polls: ~1 ms resolution without hogging a core
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
 

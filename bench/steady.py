@@ -168,8 +168,8 @@ def rows_for(results: list[Steady], ttl: float, baseline: int, window: float) ->
             base = f"fallback (no claim), same N: {other.writes_per_second:.2f} writes/s, CPU {other.cpu:.1%}"
             ratio = r.writes_per_second / other.writes_per_second if other.writes_per_second else None
         else:
-            base, ratio = f"every instance every ttl/3: {r.instances} ÷ ({ttl:g} s / 3) = {r.instances / (ttl / 3):.0f}/s", \
-                None
+            base = f"every instance every ttl/3: {r.instances} ÷ ({ttl:g} s / 3) = {r.instances / (ttl / 3):.0f}/s"
+            ratio = None
         rows.append(Row(f"steady writes/s, {r.instances} instances, {r.design}", figure, base, ratio, "-", None))
     largest = max(r.instances for r in results)
     for r in results:
