@@ -25,8 +25,9 @@ written nothing but TTL passes for a heartbeat period; then a window of
   CPU (utime + stime) as % of a core;
 - the server's raft commit index (`GET /v1/agent/self`:
   Stats.raft.commit_index) at the start and the end: what the steady state
-  costs the cluster, beside the same-length window of the same cluster
-  before any supervisord ran (Consul's own writes: coordinates, autopilot).
+  costs the cluster, beside a window as long on the same cluster once the
+  last supervisord is gone and its services with it (Consul's own writes:
+  coordinates, ...; taken last, since a cluster just started writes more).
 
 The claim rows' baseline is the fallback at the same N, from the same run.
 The plot docs/writes-per-second.png (in --quick: into the run's temporary
@@ -189,11 +190,12 @@ def run(quick: bool) -> list[Row]:
         with Production(workdir / "consul", acl=True) as consul:
             for design, rules in DESIGNS.items():
                 consul.policy(f"bench-{design.split()[0]}", rules)
-            baseline = idle(consul, seconds)
             for design in DESIGNS:
                 for n in sizes:
                     print(f"bench: steady {n} instances, {design} ...", file=sys.stderr, flush=True)
                     results.append(measure(consul, design, n, seconds, ttl, workdir / f"{design.split()[0]}-{n}"))
+            print("bench: steady, Consul alone ...", file=sys.stderr, flush=True)
+            baseline = idle(consul, seconds)  # last: a cluster just started writes more of its own
         if quick:
             plot(results, workdir / "writes-per-second.png")
         else:
