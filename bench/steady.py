@@ -142,12 +142,14 @@ def plot(results: list[Steady], path: pathlib.Path) -> None:
     for design in DESIGNS:
         mine = sorted((r.instances, r.writes_per_second) for r in results if r.design == design)
         ax.plot([n for n, _ in mine], [w for _, w in mine], marker="o", label=design)
-    values = [r.writes_per_second for r in results]
+    sizes = sorted({r.instances for r in results})
     ax.set_xscale("log")
-    if min(values) > 0:
+    ax.set_xticks(sizes, labels=[str(n) for n in sizes])
+    if min(r.writes_per_second for r in results) > 0:
         ax.set_yscale("log")
-    else:
+    else:  # a design that writes nothing at all: linear near 0, logarithmic above
         ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_ylim(bottom=0)
     ax.set_xlabel("instances")
     ax.set_ylabel("listener's writes to the agent per second")
     ax.set_title("Steady state: writes/s against instances (server + client, ACLs)")
