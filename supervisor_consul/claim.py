@@ -9,9 +9,11 @@ running supervisord it serves (its incarnation), and keeps its TTL check
 passing.  A listener that finds the claim held by another supervisord that
 is still alive touches nothing and says how to tell the two apart.
 
-The claim also vouches for the instances without a check of their own
-(`check = none`): they get an alias check of it, so they turn critical, and
-are reaped, when their supervisord or listener is gone.
+The claim also vouches for every instance: each gets an alias check of it,
+so all of them turn critical the moment its one TTL check lapses, and are
+reaped after their deregister_after, when their supervisord or listener is
+gone.  That one heartbeat is the whole steady-state cost: an instance's own
+process-state check changes only when its process does.
 
 Deciding is pure (Keeper.decide); reading /proc is `incarnation_of`.
 """
@@ -93,7 +95,6 @@ class Verdict(enum.Enum):
     HOLD = "hold"  # ours: act, keep its check passing
     TAKE = "take"  # free, or its holder is gone: register ours, then act
     YIELD = "yield"  # another live supervisord holds it: touch nothing
-    WAIT = "wait"  # held from where its holder cannot be seen: touch nothing while we watch its heartbeat
 
 
 @dataclass(frozen=True)
@@ -107,24 +108,19 @@ class Keeper:
 
     A holder in our own pid namespace is alive when its pid still has its
     start time.  One in another (a container) cannot be seen from here, so
-    its heartbeat is watched instead: its note changes with every heartbeat,
-    and one that has not changed for `watch_for` seconds is taken as gone.
+    its claim's TTL check speaks for it: passing while it keeps the
+    heartbeat, critical within the claim's TTL once it stops.
     """
 
-    def __init__(self, me: Incarnation, watch_for: float,
-                 started: Callable[[int], int | None] = start_time) -> None:
+    def __init__(self, me: Incarnation, started: Callable[[int], int | None] = start_time) -> None:
         self.me = me
-        self.watch_for = watch_for
         self._started = started
-        self._watching: tuple[Incarnation, str | None, float] | None = None  # holder, its note, since when
 
-    def decide(self, seen: Seen | None, now: float) -> Decision:
+    def decide(self, seen: Seen | None) -> Decision:
         holder = seen.incarnation if seen is not None else None
         if seen is None or holder is None:
-            self._watching = None
             return Decision(Verdict.TAKE, "unclaimed")
         if holder == self.me:
-            self._watching = None
             return Decision(Verdict.HOLD, "")
         if holder.boot != self.me.boot:
             return Decision(Verdict.TAKE, "its supervisord ran before this machine booted")
@@ -134,19 +130,8 @@ class Keeper:
             if self._started(holder.pid) == holder.start:
                 return Decision(Verdict.YIELD, f"supervisord pid {holder.pid}{self._where(holder)} is alive")
             return Decision(Verdict.TAKE, f"its supervisord pid {holder.pid} has exited")
-        watched = self._watching
-        if watched is None or watched[0] != holder:
-            self._watching = (holder, seen.output, now)
-            return Decision(Verdict.WAIT, f"watching the heartbeat of a supervisord in pid namespace "
-                                          f"{holder.pid_ns}{self._where(holder)}")
-        if seen.output != watched[1]:
-            self._watching = (holder, seen.output, now)
-            return Decision(Verdict.YIELD, f"a supervisord in pid namespace {holder.pid_ns}{self._where(holder)} "
-                                           f"keeps its heartbeat")
-        if now - watched[2] >= self.watch_for:
-            self._watching = None
-            return Decision(Verdict.TAKE, f"its heartbeat has not moved for {self.watch_for:g}s")
-        return Decision(Verdict.WAIT, f"watching the heartbeat of a supervisord in pid namespace {holder.pid_ns}")
+        return Decision(Verdict.YIELD, f"a supervisord in pid namespace {holder.pid_ns}{self._where(holder)} keeps "
+                                       f"its heartbeat (the claim's TTL check is {seen.status})")
 
     def _where(self, holder: Incarnation) -> str:
         return f" in mount namespace {holder.mnt_ns}" if holder.mnt_ns != self.me.mnt_ns else ""

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from . import __version__, config, connect_proxy, draining, durations, logtext, maintenance, show, snapshot, status
 from .agent import Agent
 from .connection import SETTINGS, Connection, SettingError, connection
+from .exit_watch import ExitWatch
 from .inbox import Inbox
 from .listener import Listener
 from .protocol import protocol_streams
@@ -242,7 +243,8 @@ def run_listen(args: argparse.Namespace) -> int:
     log.info("supervisor-consul %s listening; Consul agent %s, %s; configuration %s", __version__,
              conn.endpoint, f"token from {conn.token_source}" if conn.token else "no token", configfile)
     inbox = Inbox()
-    sync = Sync(Agent(conn), configfile, platform.node(), inbox)
+    # The listener's parent is the supervisord whose children it watches.
+    sync = Sync(Agent(conn), configfile, platform.node(), inbox, exit_watch=ExitWatch(inbox.post, os.getppid()))
     try:
         sync.prepare()
     except NotReady as exc:

@@ -46,6 +46,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from supervisor.options import decode_wait_status
+
 from .spec import OnFatal, ServiceSpec
 from .events import PROCESS_STATES, ProcessStateChange
 
@@ -110,8 +112,23 @@ def fold(previous: ProcessStatus | None, change: ProcessStateChange, now: float)
     """The status after an event."""
     if change.state == "STARTING":
         return previous or ProcessStatus("STARTING", since=now)
+    if change.state == "EXITED" and previous is not None and previous.state == "EXITED" and previous.pid \
+            and previous.pid == change.pid:
+        # The exit the listener saw first (died()): supervisord's word on it, not a second exit.
+        return replace(previous, expected=previous.expected if change.expected is None else change.expected)
     exits, flapping_since = _history(previous, change.state, exited_at=now if change.state == "EXITED" else None)
     return ProcessStatus(change.state, pid=change.pid, expected=change.expected, since=now,
+                         exits=exits, flapping_since=flapping_since)
+
+
+def died(previous: ProcessStatus, waitstatus: int | None, spec: ServiceSpec | None, now: float) -> ProcessStatus:
+    """A RUNNING process the listener saw exit before supervisord reaped it: EXITED
+    as supervisord will say (its exit status is -1 for any death by a signal, and
+    expected when in exitcodes), so its event then changes nothing."""
+    exitstatus = None if waitstatus is None else decode_wait_status(waitstatus)[0]
+    expected = None if exitstatus is None or spec is None else exitstatus in spec.exitcodes
+    exits, flapping_since = _history(previous, "EXITED", exited_at=now)
+    return ProcessStatus("EXITED", pid=previous.pid, expected=expected, exitstatus=exitstatus, since=now,
                          exits=exits, flapping_since=flapping_since)
 
 
@@ -126,6 +143,9 @@ def from_info(previous: ProcessStatus | None, info: dict[str, Any], spec: Servic
     state = info.get("statename", "UNKNOWN") if info.get("statename") in PROCESS_STATES else "UNKNOWN"
     if state == "STARTING":
         return previous or ProcessStatus("STARTING", since=info.get("now", 0))
+    if state == "RUNNING" and previous is not None and previous.state == "EXITED" and previous.pid \
+            and previous.pid == info.get("pid"):
+        return previous  # seen dead by the listener (died()), not reaped by supervisord yet
     if previous is not None and previous.state == state and (state != "RUNNING" or previous.pid == info.get("pid")):
         if state == "EXITED" and previous.exitstatus is None:
             return with_exitstatus(previous, info, spec)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import time
 from collections.abc import Callable
 
 from . import acl_token, claim, instance
@@ -16,8 +15,14 @@ from .config import Configuration
 from .health import CRITICAL, PASSING, Health
 
 log = logging.getLogger("supervisor_consul")
-TTL = "15s"  # the claim's own TTL check
-EVERY = 5.0  # seconds between looks at the claim (and heartbeats of it): a third of TTL
+MAX_TTL = 15.0  # seconds: the claim's TTL check, unless an instance's ttl is shorter
+HEARTBEATS_PER_TTL = 3  # looks at the claim (and heartbeats of it) per TTL
+
+
+def claim_ttl(configuration: Configuration) -> float:
+    """The claim's TTL: its instances alias it, so each turns critical within its
+    own ttl once supervisord or the listener is gone."""
+    return min([MAX_TTL, *(spec.ttl_seconds for spec in configuration.services.values() if spec.ttl_check)])
 
 
 class Standing(enum.Enum):
@@ -29,13 +34,13 @@ class Standing(enum.Enum):
 
 class Holder:
     def __init__(self, agent: Agent, keeper: claim.Keeper, report: Callable[..., None],
-                 clear: Callable[[str, str | None], None], wall: Callable[[], float] = time.time) -> None:
+                 clear: Callable[[str, str | None], None]) -> None:
         self.agent = agent
         self.keeper = keeper
         self.standing = Standing.UNKNOWN
         self._report, self._clear = report, clear  # Conditions': a condition is said once
-        self._wall = wall
         self._due = 0.0  # monotonic time of the next look
+        self.every = MAX_TTL / HEARTBEATS_PER_TTL  # seconds between looks
         self._registration: instance.Registration | None = None
         self._registered = ""  # the fingerprint of the claim we last registered
 
@@ -44,7 +49,9 @@ class Holder:
         return self.standing is Standing.HELD
 
     def configure(self, owner: str, host: str, configuration: Configuration, deregister_after: str | None) -> None:
-        registration = instance.of_claim(owner, host, configuration, self.keeper.me, TTL, deregister_after)
+        ttl = claim_ttl(configuration)
+        self.every = ttl / HEARTBEATS_PER_TTL
+        registration = instance.of_claim(owner, host, configuration, self.keeper.me, f"{ttl:g}s", deregister_after)
         if self._registration is None or registration.fingerprint != self._registration.fingerprint:
             self._due = 0.0  # a new definition: look (and register it) at once
         self.owner = owner
@@ -58,7 +65,7 @@ class Holder:
         whether this listener may touch the agent.  A ConsulError (the agent gone)
         is the caller's to handle."""
         if force or now >= self._due:
-            self._due = now + EVERY
+            self._due = now + self.every
             self._look(now, instances)
         return self.standing in (Standing.HELD, Standing.UNCLAIMED)
 
@@ -66,8 +73,8 @@ class Holder:
         assert self._registration is not None
         try:
             seen = self.agent.read_claim(self.owner)
-            decision = self.keeper.decide(seen, now)
-            if decision.verdict in (claim.Verdict.YIELD, claim.Verdict.WAIT):
+            decision = self.keeper.decide(seen)
+            if decision.verdict is claim.Verdict.YIELD:
                 self.standing = Standing.YIELDED
                 self._report("claim", self._yielding(decision), logging.ERROR)
                 return
@@ -99,8 +106,9 @@ class Holder:
             self.standing = Standing.UNCLAIMED
             self._due = now + REFUSED_RETRY
             self._report("claim", f"{exc}; going on without the claim {instance.claim_id(self.owner)}: another "
-                                  f"supervisord with the same identity would go unnoticed, and check = none "
-                                  f"instances get no liveness check", logging.WARNING)
+                                  f"supervisord with the same identity would go unnoticed, every instance's TTL "
+                                  f"check is refreshed every ttl/3 instead of one heartbeat for all, and check = "
+                                  f"none instances get no liveness check", logging.WARNING)
             return
         self.standing = Standing.HELD
         self._clear("claim", f"holding the claim {instance.claim_id(self.owner)}")
@@ -113,9 +121,8 @@ class Holder:
             self.standing = Standing.UNKNOWN
 
     def _note(self, instances: int) -> str:
-        # The time moves with every heartbeat: how a listener in another pid namespace sees we are alive.
-        when = time.strftime("%H:%M:%S", time.localtime(self._wall()))
-        return f"supervisord pid {self.keeper.me.pid} serves {instances} process(es) in Consul, as of {when}"
+        # Changes only with the count: a heartbeat that changes nothing never reaches the servers.
+        return f"supervisord pid {self.keeper.me.pid} serves {instances} process(es) in Consul"
 
     def _yielding(self, decision: claim.Decision) -> str:
         assert self._registration is not None

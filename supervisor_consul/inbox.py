@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .events import Hint
+from .exit_watch import ProcessExit
 from .script_results import ScriptResult
 
 MAX_PENDING_HINTS = 100_000  # past this, hints are dropped for one reconcile
@@ -21,7 +22,7 @@ MAX_PENDING_HINTS = 100_000  # past this, hints are dropped for one reconcile
 
 @dataclass
 class Batch:
-    hints: list[Hint | ScriptResult] = field(default_factory=list)
+    hints: list[Hint | ScriptResult | ProcessExit] = field(default_factory=list)
     reconcile: bool = False
     retry_refused: bool = False  # an operator asked (SIGHUP): retry refused operations now too
     closed: bool = False
@@ -32,7 +33,7 @@ class Inbox:
 
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._ready = threading.Condition()
-        self._hints: deque[Hint | ScriptResult] = deque()
+        self._hints: deque[Hint | ScriptResult | ProcessExit] = deque()
         self._reconcile = False
         self._retry_refused = False
         self._closed = False
@@ -43,7 +44,7 @@ class Inbox:
         """An event arrived: supervisord's main loop is awake."""
         self.heard_at = self._monotonic()
 
-    def post(self, hint: Hint | ScriptResult) -> None:
+    def post(self, hint: Hint | ScriptResult | ProcessExit) -> None:
         with self._ready:
             if len(self._hints) >= MAX_PENDING_HINTS:
                 self._hints.clear()

@@ -22,6 +22,10 @@ ID_PREFIX = "supervisord"
 OWNER_META = "supervisor-consul-owner"
 SPEC_META = "supervisor-consul-spec"
 FINGERPRINT_VERSION = "1"  # bump when the meaning of a registration changes
+# The process-state check's TTL while the instance aliases its claim: the alias
+# turns it critical when supervisord or the listener is gone, so the TTL is only
+# a backstop, refreshed every 8 h (1000 instances: 0.035 writes/s).
+BACKSTOP_TTL = "24h"
 MAINTENANCE_PREFIX = "_service_maintenance:"  # Consul's, for a service's maintenance check
 
 
@@ -74,6 +78,11 @@ def claim_id(owner: str) -> str:
 
 def claim_check_id(owner: str) -> str:
     return f"{claim_id(owner)}:alive"
+
+
+def alias_check_id(service_id: str) -> str:
+    """An instance's alias of its claim: its liveness check."""
+    return f"{service_id}:supervisord"
 
 
 def ttl_check_id(service_id: str) -> str:
@@ -132,6 +141,10 @@ class Registration:
             definition = dict(check)
             if initial is not None and definition["CheckID"] == self.ttl_check_id:
                 definition["Status"] = initial
+            elif "AliasService" in definition:
+                # The claim was passing when the round began: an alias starting critical
+                # would blink a re-registered instance out of DNS, and cost a catalog write.
+                definition["Status"] = "passing"
             checks.append(_json(definition))
         return {
             "ID": self.service_id, "Name": self.name, "Port": self.port, "Address": self.address,
@@ -141,8 +154,11 @@ class Registration:
 
 
 def of(spec: ServiceSpec, owner: str, host: str, claimed: bool = False) -> Registration:
-    """`claimed`: this listener holds its owner's claim, so an instance with no
-    check of its own can vouch for its liveness with an alias of it."""
+    """`claimed`: this listener holds its owner's claim, whose TTL check it keeps
+    passing: every instance then vouches for its liveness with an alias of it,
+    and its process-state check changes only when the state does (its TTL a
+    backstop).  Without the claim, the process-state check's own TTL is the
+    liveness check, refreshed every ttl/3."""
     sid = instance_id(owner, spec)
     meta = (*spec.meta,
             ("external-source", "supervisord"),
@@ -154,7 +170,8 @@ def of(spec: ServiceSpec, owner: str, host: str, claimed: bool = False) -> Regis
     process_check = None
     if spec.ttl_check:
         process_check = ttl_check_id(sid)
-        ttl = {"CheckID": process_check, "Name": f"supervisord process {spec.namespec}", "TTL": spec.ttl}
+        ttl = {"CheckID": process_check, "Name": f"supervisord process {spec.namespec}",
+               "TTL": BACKSTOP_TTL if claimed else spec.ttl}
         if spec.deregister_after is not None:
             ttl["DeregisterCriticalServiceAfter"] = spec.deregister_after
         checks.append(tuple(ttl.items()))
@@ -164,9 +181,9 @@ def of(spec: ServiceSpec, owner: str, host: str, claimed: bool = False) -> Regis
         checks.append(tuple(definition.items()))
         if check.kind is CheckKind.SCRIPT:
             scripts.append((definition["CheckID"], durations.seconds(definition["TTL"])))
-    if not spec.ttl_check and claimed:
+    if claimed:
         # Critical once the claim's heartbeat stops, and reaped after deregister_after, as a TTL check would be.
-        alias = {"CheckID": f"{sid}:supervisord", "Name": f"supervisord and its listener ({owner})",
+        alias = {"CheckID": alias_check_id(sid), "Name": f"supervisord and its listener ({owner})",
                  "AliasService": claim_id(owner)}
         if spec.deregister_after is not None:
             alias["DeregisterCriticalServiceAfter"] = spec.deregister_after
@@ -187,7 +204,8 @@ def of(spec: ServiceSpec, owner: str, host: str, claimed: bool = False) -> Regis
                                   tags=spec.tags, meta=meta, checks=tuple(checks), ttl_check_id=process_check)
     if extra:
         fields["extra"] = tuple(extra)
-    return Registration(**fields, ttl_seconds=spec.ttl_seconds if spec.ttl_check else 0.0, namespec=spec.namespec,
+    ttl_seconds = durations.seconds(BACKSTOP_TTL) if claimed else spec.ttl_seconds
+    return Registration(**fields, ttl_seconds=ttl_seconds if spec.ttl_check else 0.0, namespec=spec.namespec,
                         scripts=tuple(scripts), fingerprint=_fingerprint(fields))
 
 

@@ -43,6 +43,7 @@ class Snapshot:
     owned: Owned
     agent: Agent
     supervisor: Processes
+    claimed: bool = True  # the owner's claim is on the agent, so its instances alias it
 
 
 def take(configfile: str, conn: Connection, supervisor: Processes | None = None) -> Snapshot:
@@ -56,6 +57,7 @@ def take(configfile: str, conn: Connection, supervisor: Processes | None = None)
     try:
         infos = supervisor.all_process_info()
         owned = agent.owned(owner)
+        claimed = agent.read_claim(owner) is not None
     except (SupervisorError, ConsulError) as exc:
         raise Unavailable(str(exc)) from exc
-    return Snapshot(configuration, owner, host, infos, owned, agent, supervisor)
+    return Snapshot(configuration, owner, host, infos, owned, agent, supervisor, claimed)

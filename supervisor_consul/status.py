@@ -41,8 +41,9 @@ class Instance:
 
 def instances(services: dict[str, ServiceSpec], infos: list[dict[str, Any]],
               owned: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]], owner: str, host: str,
-              now: float) -> list[Instance]:
-    """One row per configured process, then one per owned instance nothing accounts for."""
+              now: float, claimed: bool) -> list[Instance]:
+    """One row per configured process, then one per owned instance nothing accounts for.
+    `claimed`: the owner's claim is on the agent (its instances then alias it)."""
     rows = []
     left = dict(owned)
     by_process: dict[str, list[ServiceSpec]] = {}
@@ -51,7 +52,7 @@ def instances(services: dict[str, ServiceSpec], infos: list[dict[str, Any]],
     for info in infos:
         namespec = make_namespec(info["group"], info["name"])
         for spec in by_process.get(namespec, ()):
-            registration = instance.of(spec, owner, host)
+            registration = instance.of(spec, owner, host, claimed)
             have = left.pop(registration.service_id, None)
             maintained = have is not None and instance.maintenance_reason(registration.service_id, have[1]) is not None
             want = plan.Desired.of(registration, health.from_info(None, info, spec), spec, now).shown(maintained)
@@ -113,7 +114,7 @@ def _checks(checks: list[dict[str, Any]]) -> tuple[Check, ...]:
 def report(snapshot: Snapshot, as_json: bool, now: float) -> tuple[list[str], int]:
     """What `status` prints, and its exit status: 0 in step, 1 on drift."""
     rows = instances(snapshot.configuration.services, snapshot.infos, snapshot.owned, snapshot.owner,
-                     snapshot.host, now)
+                     snapshot.host, now, snapshot.claimed)
     return [as_json_text(rows)] if as_json else text(rows), 1 if any(row.drift for row in rows) else 0
 
 

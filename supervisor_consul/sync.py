@@ -22,11 +22,12 @@ from typing import Any, assert_never
 
 from supervisor.options import make_namespec
 
-from . import acl_token, claim, config, durations, health, holder, instance, plan, sending
+from . import acl_token, claim, config, health, instance, plan, sending
 from .agent import REFUSED_RETRY, Agent, ConsulError
 from .conditions import Conditions
 from .config import Configuration
 from .events import GroupsChanged, Hint, ProcessStateChange, SupervisorStateChange
+from .exit_watch import ExitWatch, ProcessExit
 from .health import ProcessStatus
 from .holder import Holder
 from .inbox import Batch, Inbox
@@ -47,6 +48,7 @@ HEARTBEAT_SLACK = 0.05  # seconds past the first due heartbeat: those due just a
 CLAIM_REAPED_AFTER_INSTANCES = 60  # seconds: Consul's reaper runs every 30 s
 # A heartbeat is due at a third of the ttl: at two thirds one has been missed, at one the check expires.
 LAG_WARNING, LAG_CLEARED = 2 / 3, 1 / 2
+ASK_EACH_UP_TO = 8  # deaths in one round asked of supervisord one by one; more: getAllProcessInfo once
 MAINTENANCE_POLL = 5.0  # how often to look for a lifted maintenance on instances without a TTL check
 
 log = logging.getLogger("supervisor_consul")
@@ -62,7 +64,8 @@ class Sync:
                  supervisor_factory: Callable[[Configuration], Supervisor] = lambda c: for_configuration(c, "listener"),
                  wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  waker: Callable[[Supervisor], None] | None = None,
-                 incarnation: claim.Incarnation | None = None, workers: int = sending.WORKERS) -> None:
+                 incarnation: claim.Incarnation | None = None, workers: int = sending.WORKERS,
+                 exit_watch: ExitWatch | None = None) -> None:
         self.agent = agent
         self.configfile = configfile
         self.host = host
@@ -89,13 +92,14 @@ class Sync:
         self._wakeup = RunningWakeup(waker or Waker(), monotonic)  # RUNNING without supervisord's extra second
         self._legacy_owners: tuple[str, ...] = ()  # ids earlier versions gave this supervisord
         # The listener's parent is the supervisord it serves.
-        keeper = claim.Keeper(incarnation or claim.incarnation_of(os.getppid()), durations.seconds(holder.TTL))
-        self.holder = Holder(agent, keeper, self.conditions.report, self.conditions.clear, wall)
+        keeper = claim.Keeper(incarnation or claim.incarnation_of(os.getppid()))
+        self.holder = Holder(agent, keeper, self.conditions.report, self.conditions.clear)
         self._sender = sending.Sender(self._send, workers)
         self.scripts = ScriptChecks(inbox.post)
         self.restarts = Restarts()
         self._watched: list[tuple[Registration, ServiceSpec, CheckSpec, str]] = []  # (…, check ID)
         self._restarted: dict[str, tuple[str, float]] = {}  # namespec -> (why, wall-clock time until shown)
+        self.exit_watch = exit_watch  # None: crashes are known from supervisord's events only
 
     # -- the loop -----------------------------------------------------------
 
@@ -108,6 +112,8 @@ class Sync:
                 self._round_failed(exc)
             if batch.closed:
                 self.scripts.close()
+                if self.exit_watch is not None:
+                    self.exit_watch.close()
                 if self.supervisord_stopping or (self.supervisor is not None and self.supervisor.is_stopping()):
                     self._all_stopped()
                 return
@@ -121,11 +127,16 @@ class Sync:
             self.holder.retry_now()
             wants_reconcile |= token_changed
         exited: set[str] = set()
+        died: dict[str, ProcessExit] = {}
         for hint in batch.hints:
-            wants_reconcile |= self._fold(hint, exited)
+            if isinstance(hint, ProcessExit):
+                died[hint.namespec] = hint
+            else:
+                wants_reconcile |= self._fold(hint, exited)
+        self._take_deaths(died)
         # Asked once per process and batch, and only if a later hint did not supersede it.
         for namespec in exited:
-            if self.statuses[namespec].state == "EXITED":
+            if self.statuses[namespec].state == "EXITED" and self.statuses[namespec].exitstatus is None:
                 self.statuses[namespec] = self._with_exitstatus(namespec, self.statuses[namespec])
         self._wakeup.wake_due(self.supervisor, self.inbox.heard_at)
         if wants_reconcile and (self.actual is not None or batch.retry_refused):
@@ -159,6 +170,38 @@ class Sync:
 
     # -- desired state --------------------------------------------------------
 
+    def _take_deaths(self, died: dict[str, ProcessExit]) -> None:
+        """Processes the exit watch saw die, after the batch's events (a STOPPING among
+        them wins).  supervisord is asked first: it says STOPPING when it is stopping the
+        process itself, and the request wakes it to reap the child and send its event."""
+        deaths = [death for namespec, death in died.items() if (status := self.statuses.get(namespec)) is not None
+                  and status.state == "RUNNING" and status.pid == death.pid]  # else a later word said more
+        if not deaths:
+            return
+        assert self.configuration is not None and self.supervisor is not None
+        infos = self._infos_of([death.namespec for death in deaths])
+        for death in deaths:
+            status, spec, info = self.statuses[death.namespec], self.configuration.process(death.namespec), \
+                infos.get(death.namespec)
+            reaped = info is not None and not (info.get("statename") == "RUNNING" and info.get("pid") == death.pid)
+            log.debug("%s: pid %d exited, seen by the exit watch; supervisord %s", death.namespec, death.pid,
+                      f"says {info['statename']}" if reaped else "has not reaped it yet")
+            if reaped:
+                self.statuses[death.namespec] = health.from_info(status, info, spec)  # it knows already
+            else:
+                self.statuses[death.namespec] = health.died(status, death.waitstatus, spec, self._wall())
+
+    def _infos_of(self, namespecs: list[str]) -> dict[str, dict[str, Any]]:
+        """supervisord's getProcessInfo of a few processes, or of all at once for many
+        (`stop all`); empty when it cannot be asked."""
+        assert self.supervisor is not None
+        try:
+            if len(namespecs) > ASK_EACH_UP_TO:
+                return {make_namespec(info["group"], info["name"]): info for info in self.supervisor.all_process_info()}
+            return {namespec: self.supervisor.process_info(namespec) for namespec in namespecs}
+        except SupervisorError:
+            return {}
+
     def _fold(self, hint: Hint | ScriptResult, exited: set[str]) -> bool:
         """Take in one hint; True when it calls for a full reconcile.  `exited` collects
         the processes whose exit status to ask supervisord for."""
@@ -168,8 +211,11 @@ class Sync:
         if isinstance(hint, ProcessStateChange):
             self._wakeup.expect(hint, self.configuration.process(hint.namespec) if self.configuration else None)
             status = health.fold(self.statuses.get(hint.namespec), hint, self._wall())
-            if status.state == "EXITED" and self.configuration and self.configuration.process(hint.namespec):
+            ours = self.configuration is not None and self.configuration.process(hint.namespec) is not None
+            if status.state == "EXITED" and ours:
                 exited.add(hint.namespec)
+            if ours and self.exit_watch is not None:
+                self.exit_watch.follow(hint.namespec, status.pid if status.state == "RUNNING" else None)
             self.statuses[hint.namespec] = status
             return False
         if isinstance(hint, SupervisorStateChange):
@@ -277,6 +323,9 @@ class Sync:
             self.statuses[namespec] = health.from_info(previous.get(namespec), info,
                                                        self.configuration.process(namespec))
         self.complete = True
+        if self.exit_watch is not None:
+            self.exit_watch.follow_only({namespec: status.pid for namespec, status in self.statuses.items()
+                                         if status.state == "RUNNING" and self.configuration.process(namespec)})
 
     def desired(self) -> dict[str, Desired]:
         assert self.configuration is not None
@@ -418,6 +467,8 @@ class Sync:
                 break
             else:
                 self._operation_failed(operation, exc)
+        if self.actual is None:  # the agent went away meanwhile: the backoff decides what comes next
+            return applied
         self._heartbeat_due = self._next_heartbeat_due(now)
         self.scripts.want(self.configuration.services, self.registrations, self.statuses, self.actual)
         self._look_at_checks()
@@ -458,8 +509,9 @@ class Sync:
         maintained = {sid for sid, have in self.actual.items() if have.maintenance is not None}
         if not maintained:
             return False
-        periods = [r.ttl_seconds / plan.HEARTBEATS_PER_TTL for r in self.registrations.values()
-                   if r.service_id in maintained and r.ttl_check_id]
+        assert self.configuration is not None
+        periods = [spec.ttl_seconds / plan.HEARTBEATS_PER_TTL for unit, spec in self.configuration.services.items()
+                   if spec.ttl_check and (r := self.registrations.get(unit)) and r.service_id in maintained]
         return now - self._maintenance_read_at >= min(periods, default=MAINTENANCE_POLL)
 
     def _read_maintenance(self) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from supervisor_consul import claim, instance
+from supervisor_consul import claim, holder, instance
 from supervisor_consul.claim import Incarnation, Keeper, Seen, Verdict
 from supervisor_consul.config import Configuration
 from supervisor_consul.spec import ServiceSpec
@@ -14,7 +14,7 @@ CONTAINER = Incarnation("boot-1", "4026532999", "4026533000", 1, 7000)  # anothe
 
 
 def keeper(alive: dict[int, int] | None = None) -> Keeper:
-    return Keeper(ME, watch_for=15.0, started=lambda pid: (alive or {}).get(pid))
+    return Keeper(ME, started=lambda pid: (alive or {}).get(pid))
 
 
 def test_round_trip_of_an_incarnation():
@@ -29,35 +29,32 @@ def test_this_machine_describes_its_own_process():
 
 
 def test_free_or_unreadable_is_taken_ours_is_held():
-    assert keeper().decide(None, 0).verdict is Verdict.TAKE
-    assert keeper().decide(Seen(None, "passing", ""), 0).verdict is Verdict.TAKE
-    assert keeper().decide(Seen(ME, "passing", ""), 0).verdict is Verdict.HOLD
+    assert keeper().decide(None).verdict is Verdict.TAKE
+    assert keeper().decide(Seen(None, "passing", "")).verdict is Verdict.TAKE
+    assert keeper().decide(Seen(ME, "passing", "")).verdict is Verdict.HOLD
 
 
 def test_a_live_twin_in_the_same_pid_namespace_is_yielded_to_and_named():
-    decision = keeper({200: 6000}).decide(Seen(TWIN, "passing", "x"), 0)
+    decision = keeper({200: 6000}).decide(Seen(TWIN, "passing", "x"))
     assert decision.verdict is Verdict.YIELD
     assert "supervisord pid 200 in mount namespace 4026532178 is alive" in decision.why
 
 
 def test_a_dead_holder_or_a_reused_pid_is_taken_over():
-    assert keeper({}).decide(Seen(TWIN, "passing", "x"), 0).verdict is Verdict.TAKE
-    assert keeper({200: 1}).decide(Seen(TWIN, "passing", "x"), 0).verdict is Verdict.TAKE  # pid reused
+    assert keeper({}).decide(Seen(TWIN, "passing", "x")).verdict is Verdict.TAKE
+    assert keeper({200: 1}).decide(Seen(TWIN, "passing", "x")).verdict is Verdict.TAKE  # pid reused
 
 
 def test_a_holder_from_before_the_boot_or_with_a_stopped_heartbeat_is_taken_over():
     earlier = Incarnation("boot-0", *[getattr(TWIN, f) for f in ("pid_ns", "mnt_ns", "pid", "start")])
-    assert keeper({200: 6000}).decide(Seen(earlier, "passing", "x"), 0).verdict is Verdict.TAKE
-    assert keeper({200: 6000}).decide(Seen(TWIN, "critical", "x"), 0).verdict is Verdict.TAKE
+    assert keeper({200: 6000}).decide(Seen(earlier, "passing", "x")).verdict is Verdict.TAKE
+    assert keeper({200: 6000}).decide(Seen(TWIN, "critical", "x")).verdict is Verdict.TAKE
 
 
-def test_a_holder_in_another_pid_namespace_is_watched():
-    k = keeper()
-    assert k.decide(Seen(CONTAINER, "passing", "as of 10:00:00"), 0).verdict is Verdict.WAIT
-    assert k.decide(Seen(CONTAINER, "passing", "as of 10:00:00"), 5).verdict is Verdict.WAIT
-    assert k.decide(Seen(CONTAINER, "passing", "as of 10:00:05"), 6).verdict is Verdict.YIELD  # it beats
-    assert k.decide(Seen(CONTAINER, "passing", "as of 10:00:05"), 20).verdict is Verdict.WAIT
-    assert k.decide(Seen(CONTAINER, "passing", "as of 10:00:05"), 21).verdict is Verdict.TAKE  # 15 s still
+def test_a_holder_in_another_pid_namespace_is_judged_by_its_claims_ttl_check():
+    decision = keeper().decide(Seen(CONTAINER, "passing", "supervisord pid 1 serves 3 process(es) in Consul"))
+    assert decision.verdict is Verdict.YIELD and "pid namespace 4026532999" in decision.why
+    assert keeper().decide(Seen(CONTAINER, "critical", "TTL expired")).verdict is Verdict.TAKE
 
 
 def test_the_claim_registration_records_the_incarnation_and_outlives_its_instances():
@@ -71,16 +68,39 @@ def test_the_claim_registration_records_the_incarnation_and_outlives_its_instanc
     assert check["TTL"] == "15s" and check["DeregisterCriticalServiceAfter"] == "6m"
 
 
-def test_only_a_check_none_instance_aliases_the_claim_and_only_when_it_is_held():
+def test_every_instance_aliases_the_claim_while_it_is_held():
     none = ServiceSpec("app", "app", "app", "app", ttl_check=False)
-    ttl = ServiceSpec("db", "db", "db", "db")
+    ttl = ServiceSpec("db", "db", "db", "db", deregister_after="2m")
     alias = [dict(c) for c in instance.of(none, "0123456789ab", "node1", claimed=True).checks]
     assert alias == [{"CheckID": "supervisord:0123456789ab:app:supervisord",
                       "Name": "supervisord and its listener (0123456789ab)",
                       "AliasService": "supervisord:0123456789ab", "DeregisterCriticalServiceAfter": "5m"}]
     assert instance.of(none, "0123456789ab", "node1", claimed=False).checks == ()
-    assert instance.of(ttl, "0123456789ab", "node1", claimed=True).checks == \
-        instance.of(ttl, "0123456789ab", "node1", claimed=False).checks
+    claimed = instance.of(ttl, "0123456789ab", "node1", claimed=True)
+    process, liveness = (dict(c) for c in claimed.checks)
+    # The process-state check changes only with the process: its TTL is a backstop, refreshed every 8 h.
+    assert process["TTL"] == instance.BACKSTOP_TTL == "24h" and claimed.ttl_seconds == 86400
+    assert process["DeregisterCriticalServiceAfter"] == liveness["DeregisterCriticalServiceAfter"] == "2m"
+    assert liveness["AliasService"] == "supervisord:0123456789ab"
+    # Without the claim (a token that may not write `supervisord`) the process-state check is the liveness check.
+    [unclaimed] = [dict(c) for c in instance.of(ttl, "0123456789ab", "node1", claimed=False).checks]
+    assert unclaimed["TTL"] == "15s"
+
+
+def test_an_alias_is_registered_passing_so_a_re_registered_instance_never_blinks():
+    registration = instance.of(ServiceSpec("db", "db", "db", "db"), "0123456789ab", "node1", claimed=True)
+    statuses = {c["CheckID"]: c["Status"] for c in registration.payload("critical")["Checks"]}
+    assert statuses == {"supervisord:0123456789ab:db:process": "critical",
+                        "supervisord:0123456789ab:db:supervisord": "passing"}
+
+
+def test_the_claims_ttl_is_the_shortest_ttl_of_its_instances_and_at_most_15s():
+    def ttl(*specs: ServiceSpec) -> float:
+        return holder.claim_ttl(Configuration("/c", services={s.unit: s for s in specs}))
+
+    assert ttl() == 15.0
+    assert ttl(ServiceSpec("a", "a", "a", "a", ttl="3s"), ServiceSpec("b", "b", "b", "b", ttl="1m")) == 3.0
+    assert ttl(ServiceSpec("a", "a", "a", "a", ttl="2s", ttl_check=False)) == 15.0
 
 
 def test_the_owner_id_keeps_the_path_as_given_and_knows_the_old_one(tmp_path):

@@ -348,3 +348,21 @@ name={after}
     wait_for(lambda: instances(consul_agent, after) == [], message="events after the accented ones still read")
     wait_passing(consul_agent, accented)
     assert "unreadable event header" not in listener_log(sv)
+
+
+def test_a_killed_process_is_critical_before_supervisord_reaps_it_with_supervisords_note(consul_agent,
+                                                                                        supervisord_factory):
+    """The listener watches each RUNNING pid (exit_watch.py): the note it writes at once is
+    the one supervisord's EXITED event gives, so the catalog (the UI) shows it right too."""
+    name = unique("victim")
+    sv = supervisord_factory(f"[program:victim]\ncommand=sleep 300\nautorestart=false\n"
+                             f"[consul:victim]\nname={name}\n" + listener(consul_agent))
+    wait_passing(consul_agent, name)
+    pid = sv.wait_state("victim", "RUNNING")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    killed = [("critical", "EXITED unexpectedly: killed by a signal")]
+    wait_for(lambda: status_of(consul_agent, name) == killed, message="critical with supervisord's note")
+    assert sv.wait_state("victim", "EXITED")["exitstatus"] == -1
+    assert f"victim: pid {pid} exited, seen by the exit watch" in listener_log(sv)
+    wait_for(lambda: [(process_check(e)["Status"], process_check(e)["Output"]) for e in consul_agent.health(name)]
+             == killed, message="the catalog with the same note")

@@ -194,7 +194,8 @@ def test_a_changed_definition_drops_our_stale_check_and_keeps_the_maintenance(co
     sv.conf.write_text(sv.conf.read_text().replace("check=tcp://127.0.0.1:1\ninterval=1s\n", ""))
     assert sv.ctl("signal", "HUP", "consul").returncode == 0
     wait_for(lambda: {c for c, check in consul_agent.checks().items() if check["ServiceID"] == sid}
-             == {f"{sid}:process", instance.maintenance_check_id(sid)}, message="tcp check gone, maintenance kept")
+             == {f"{sid}:process", instance.alias_check_id(sid), instance.maintenance_check_id(sid)},
+             message="tcp check gone, maintenance kept")
     assert maintenance_reason(consul_agent, name) == ["re-cabling"]
 
 

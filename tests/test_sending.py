@@ -52,7 +52,8 @@ def test_each_result_is_its_operations():
 
 
 def test_falling_behind_is_said_once_and_its_end_too(caplog):
-    world = World(*(service(f"p{i}") for i in range(3)))
+    # Without the claim, where each instance's heartbeat is its liveness.
+    world = World(*(service(f"p{i}") for i in range(3)), claimed=False)
     for i in range(3):
         world.supervisor.set(f"p{i}", "RUNNING", pid=42)
     world.round()

@@ -141,7 +141,8 @@ def test_every_key_is_registered_as_written(consul_agent, supervisord_factory, t
     pid = sv.wait_state("web", "RUNNING")["pid"]
     owner = owner_of(sv)
     sid = f"supervisord:{owner}:web"
-    ids = {f"{sid}:process", f"{sid}:check:api", f"{sid}:check:rpc", f"{sid}:check:db", f"{sid}:check:self"}
+    ids = {f"{sid}:process", f"{sid}:supervisord", f"{sid}:check:api", f"{sid}:check:rpc", f"{sid}:check:db",
+           f"{sid}:check:self"}
     wait_for(lambda: statuses(consul_agent, sid) == dict.fromkeys(ids, "passing"), timeout=30,
              message="every check of web passing")
 
@@ -165,6 +166,7 @@ def test_every_key_is_registered_as_written(consul_agent, supervisord_factory, t
     port, grpc_port = web["port"], web["grpc_port"]
     assert shown == {
         f"{sid}:process": ("supervisord process web", "ttl", ""),
+        f"{sid}:supervisord": (f"supervisord and its listener ({owner})", "alias", ""),
         f"{sid}:check:api": ("api (web)", "http", f"http POST http://127.0.0.1:{port}/health every 1s"),
         f"{sid}:check:rpc": ("rpc (web)", "grpc", f"grpc 127.0.0.1:{grpc_port}/my.pkg.Service every 1s"),
         f"{sid}:check:db": ("db (web)", "tcp", f"tcp 127.0.0.1:{port} every 1s"),
@@ -374,9 +376,9 @@ tags=prometheus
         assert (main["Service"], main["Port"], main["Tags"]) == (program, web_port, ["http"])
         assert (further["Service"], further["Port"], further["Tags"]) == (metrics, metrics_port, ["prometheus"])
         assert further["Meta"]["supervisord-group"] == program and further["Meta"]["supervisord-process"] == process
-        # Each service of the process has its own process-state check, passing.
+        # Each service of the process has its own process-state check and its liveness, passing.
         for sid in (main["ID"], further["ID"]):
-            assert statuses(consul_agent, sid) == {f"{sid}:process": "passing"}
+            assert statuses(consul_agent, sid) == {f"{sid}:process": "passing", f"{sid}:supervisord": "passing"}
 
     assert sv.ctl("stop", f"{program}:{program}_2").returncode == 0
     wait_for(lambda: ports(program) == [web_ports[0], web_ports[2]], message="web instance 2 gone from DNS")

@@ -23,7 +23,7 @@ def info(name: str = "web", state: str = "RUNNING", pid: int = 42) -> dict:
 
 
 def registered(name: str = "web", check_status: str = "passing", **spec_overrides) -> dict:
-    registration = instance.of(spec(name, **spec_overrides), OWNER, HOST)
+    registration = instance.of(spec(name, **spec_overrides), OWNER, HOST, claimed=True)
     service = {"ID": registration.service_id, "Service": name, "Port": 0, "Address": "",
                "Meta": {instance.SPEC_META: registration.fingerprint}}
     check = {"CheckID": registration.ttl_check_id, "Name": "supervisord process", "Status": check_status,
@@ -32,7 +32,7 @@ def registered(name: str = "web", check_status: str = "passing", **spec_override
 
 
 def rows(infos, owned, **specs) -> list[status.Instance]:
-    return status.instances(specs or {"web": spec()}, infos, owned, OWNER, HOST, NOW)
+    return status.instances(specs or {"web": spec()}, infos, owned, OWNER, HOST, NOW, claimed=True)
 
 
 def test_in_step():

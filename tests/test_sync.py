@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import replace
 
 import pytest
@@ -12,6 +13,7 @@ from supervisor_consul.agent import ConsulError
 from supervisor_consul.config import Configuration
 from supervisor_consul.spec import ServiceSpec
 from supervisor_consul.events import GroupsChanged, ProcessStateChange, SupervisorStateChange
+from supervisor_consul.exit_watch import ProcessExit
 from supervisor_consul.health import CRITICAL, PASSING, Health
 from supervisor_consul.inbox import Inbox
 from supervisor_consul.plan import Actual
@@ -55,6 +57,7 @@ class FakeAgent:
         self.token_rotated = False  # what refresh_token answers
         self.claims: dict[str, Seen] = {}  # owner id -> its claim
         self.claim_writes: list[tuple] = []
+        self.refuse_claim = False  # a token that may not write `supervisord`
 
     def refresh_token(self, force: bool = False) -> bool:
         self.token_refreshes.append(force)
@@ -76,6 +79,9 @@ class FakeAgent:
     def register(self, registration, health, initial=CRITICAL, stale_checks=frozenset()) -> None:
         self._answer()
         if registration.name == "supervisord":  # a claim: kept apart, so the tests' writes are the instances'
+            if self.refuse_claim:
+                raise ConsulError("refused PUT /v1/agent/service/register (supervisord): 403 Permission denied: "
+                                  "Missing service:write on supervisord", status=403)
             meta = dict(registration.meta)
             self.claims[meta[instance.OWNER_META]] = Seen(claim.Incarnation.decode(meta[claim.INCARNATION_META]),
                                                       health.status, health.note)
@@ -162,10 +168,11 @@ def service(namespec: str, **overrides) -> ServiceSpec:
 class World:
     """A Sync wired to fakes, with helpers to drive it."""
 
-    def __init__(self, *specs: ServiceSpec) -> None:
+    def __init__(self, *specs: ServiceSpec, claimed: bool = True) -> None:
         self.wall = Clock(1_800_000_000.0)
         self.monotonic = Clock(10_000.0)
         self.agent = FakeAgent()
+        self.agent.refuse_claim = not claimed
         self.supervisor = FakeSupervisor(self.wall)
         self.configuration = Configuration(CONFIGFILE, services={s.namespec: s for s in specs})
         self.sync = Sync(self.agent, CONFIGFILE, HOST, Inbox(),
@@ -193,12 +200,16 @@ class World:
 
 
 @pytest.fixture
-def world() -> World:
-    w = World(service("web"))
+def world(request) -> World:
+    # UNCLAIMED: a token that may not write `supervisord`, so there is no claim and every
+    # instance's TTL check is its liveness check, refreshed every ttl/3.
+    w = World(service("web"), claimed=getattr(request, "param", None) != UNCLAIMED)
     w.supervisor.set("web", "RUNNING", pid=42)
     return w
 
 
+UNCLAIMED = "unclaimed"
+unclaimed = pytest.mark.parametrize("world", [UNCLAIMED], indirect=True)
 RUNNING_42 = Health(PASSING, "RUNNING pid 42")
 
 
@@ -211,6 +222,26 @@ def test_running_process_registered_once(world):
     assert world.take_writes() == []
 
 
+def test_with_the_claim_one_heartbeat_serves_every_instance():
+    world = World(*(service(f"p{i}", ttl="3s") for i in range(50)), service("slow", ttl="1m"))
+    for i in range(50):
+        world.supervisor.set(f"p{i}", "RUNNING", pid=100 + i)
+    world.supervisor.set("slow", "RUNNING", pid=99)
+    world.round()
+    world.take_writes()
+    world.agent.claim_writes.clear()
+    for _ in range(60):  # a minute, in steps of a second
+        world.monotonic.advance(1)
+        world.sync.converge()
+    # The claim beats every 1 s (the shortest ttl / 3); the instances' checks change only with their processes.
+    assert world.take_writes() == []
+    assert world.agent.claim_writes == [("update_ttl", instance.claim_check_id(OWNER))] * 60
+    world.monotonic.advance(8 * 3600)  # the backstop TTL's third
+    world.sync.converge()
+    assert len(world.take_writes()) == 51
+
+
+@unclaimed
 def test_heartbeat_every_third_of_the_ttl(world):
     world.round()
     world.take_writes()
@@ -227,6 +258,7 @@ def test_heartbeat_every_third_of_the_ttl(world):
     assert world.take_writes() == []
 
 
+@unclaimed
 def test_a_reconcile_owes_no_extra_heartbeat(world):
     world.round()
     world.take_writes()
@@ -319,6 +351,7 @@ def test_agent_unreachable_is_logged_once_and_converges_when_it_answers(world, c
     assert sum("answers again" in r.getMessage() for r in caplog.records) == 1
 
 
+@unclaimed
 def test_agent_going_away_while_writing(world, caplog):
     world.round()
     world.take_writes()
@@ -423,6 +456,7 @@ def test_closing_without_shutdown_leaves_instances(world):
     assert world.take_writes() == []
 
 
+@unclaimed
 def test_a_refused_heartbeat_is_reported_once_and_retried_later(world, caplog):
     world.round()
     refused = ConsulError("Consul agent at http://127.0.0.1:8500 refused PUT /v1/agent/check/pass: 403 "
@@ -440,10 +474,11 @@ def test_a_refused_heartbeat_is_reported_once_and_retried_later(world, caplog):
     for _ in range(20):
         world.monotonic.advance(1)
         world.sync.converge()
-    assert caplog.text.count("403 Permission denied") == 1
+    assert caplog.text.count("403 Permission denied; the token needs service:write on web") == 1
     assert world.agent.reads == reads  # no reconcile storm: the check is there, only refused
 
 
+@unclaimed
 def test_a_lost_check_is_read_afresh_quietly(world, caplog):
     world.round()
 
@@ -454,7 +489,8 @@ def test_a_lost_check_is_read_afresh_quietly(world, caplog):
     world.monotonic.advance(5)
     world.sync.converge()
     assert world.sync.actual == {}
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+            and "(supervisord)" not in r.getMessage()] == []
 
 
 def test_a_bug_in_a_round_is_logged_once_and_the_loop_recovers(world, caplog):
@@ -722,7 +758,7 @@ def test_sighup_reconciles_at_once_even_while_the_agent_is_backed_off(world):
 
 
 def test_the_loop_wakes_when_the_next_heartbeat_is_due_and_never_spins():
-    world = World(service("web", ttl="1500ms"))
+    world = World(service("web", ttl="1500ms"), claimed=False)
     world.supervisor.set("web", "RUNNING", pid=42)
     world.round()
     assert world.sync._wait() == pytest.approx(0.5 + 0.05)  # ttl / 3, and the slack that batches
@@ -741,7 +777,7 @@ def test_the_loop_wakes_when_the_next_heartbeat_is_due_and_never_spins():
 
 
 def test_an_unknown_token_is_said_once_for_every_instance_and_its_end_too(caplog):
-    world = World(*(service(f"p{i}") for i in range(5)))
+    world = World(*(service(f"p{i}") for i in range(5)), claimed=False)
     for i in range(5):
         world.supervisor.set(f"p{i}", "RUNNING", pid=42)
     world.round()
@@ -763,3 +799,34 @@ def test_an_unknown_token_is_said_once_for_every_instance_and_its_end_too(caplog
     world.monotonic.advance(30)
     world.sync.converge()
     assert caplog.text.count("the Consul agent accepts the token again") == 1
+
+
+# -- deaths seen by the exit watch (exit_watch.py) --------------------------------------------
+
+def test_a_death_seen_by_the_exit_watch_is_critical_before_supervisords_event(world):
+    world.round()
+    world.take_writes()
+    calls = world.supervisor.process_info_calls
+    world.deliver(ProcessExit("web", 42, signal.SIGKILL))  # supervisord has not reaped it: still RUNNING
+    killed = Health(CRITICAL, "EXITED unexpectedly: killed by a signal")
+    assert world.take_writes() == [("update_ttl", f"{sid('web')}:process", killed)]
+    assert world.supervisor.process_info_calls == calls + 1  # asked (and so woken) once
+    world.supervisor.set("web", "EXITED", exitstatus=-1)
+    world.deliver(ProcessStateChange("web", "EXITED", "RUNNING", 42, expected=False))
+    assert world.take_writes() == []  # its event says what the note says already
+    assert world.supervisor.process_info_calls == calls + 1
+
+
+def test_a_death_supervisord_caused_is_the_stop_not_a_crash(world):
+    world.round()
+    world.take_writes()
+    world.supervisor.set("web", "STOPPING", pid=42)
+    world.deliver(ProcessExit("web", 42, signal.SIGTERM))
+    assert world.take_writes() == [("update_ttl", f"{sid('web')}:process", Health(CRITICAL, "STOPPING pid 42", registers=False))]
+
+
+def test_a_death_of_a_pid_already_replaced_changes_nothing(world):
+    world.round()
+    world.take_writes()
+    world.deliver(ProcessStateChange("web", "RUNNING", "STARTING", 43), ProcessExit("web", 42, signal.SIGKILL))
+    assert [w[2].note for w in world.take_writes()] == ["RUNNING pid 43"]
