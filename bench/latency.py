@@ -251,26 +251,36 @@ def _sample(tail: LogTail, passing: float, width: float) -> Sample:
     return Sample(passing - running, None if sent is None else sent - running, width)
 
 
+CRASH_PROCESSES = 20  # killed in turn: each dies twice a minute at most, below the crash-loop rule's 5
+
+
 def crashes(agent: ConsulAgent, workdir: Path, count: int) -> list[Crash]:
-    """`count` SIGKILLs of the RUNNING program, each once it is RUNNING again and passing."""
+    """`count` SIGKILLs of RUNNING processes, each once it is RUNNING again and passing.
+    The processes take turns, since five exits of one within 60 s is a crash loop,
+    which the listener holds critical for 30 s (health.py)."""
     name = f"bench-crash-{uuid.uuid4().hex[:6]}"
-    sv = Supervisord(workdir, program(name) + stanza(agent, -2))
+    sv = Supervisord(workdir, program(name).replace(
+        "autorestart=true\n", f"autorestart=true\nprocess_name=%(program_name)s_%(process_num)02d\n"
+                               f"numprocs={CRASH_PROCESSES}\n") + stanza(agent, -2))
     samples: list[Crash] = []
-    poll = None
+    polls: dict[str, AgentPoll] = {}
     try:
         sv.start()
         rpc = sv.rpc()
-        owner_ids = lambda: [sid for sid, s in agent.services().items() if s["Service"] == name]  # noqa: E731
-        [service_id] = wait_for(owner_ids, timeout=30, message=f"{name} registered")
-        poll = AgentPoll(agent, service_id)
+        owned = lambda: {s["Meta"]["supervisord-process"]: sid for sid, s in agent.services().items()  # noqa: E731
+                         if s["Service"] == name}
+        ids = wait_for(lambda: len(owned()) == CRASH_PROCESSES and owned(), timeout=60, message=f"{name} registered")
+        polls = {process: AgentPoll(agent, sid) for process, sid in ids.items()}
         tail = LogTail(sv.logfile)
+        for i in range(count):
+            process = f"{PROGRAM}_{i % CRASH_PROCESSES:02d}"
+            poll = polls[process]
 
-        def running_pid() -> int | None:
-            info = rpc.supervisor.getProcessInfo(PROGRAM)
-            return info["pid"] if info["statename"] == "RUNNING" and poll.status() == "passing" else None
+            def running_pid() -> int | None:
+                info = rpc.supervisor.getProcessInfo(f"{PROGRAM}:{process}")
+                return info["pid"] if info["statename"] == "RUNNING" and poll.status() == "passing" else None
 
-        for _ in range(count):
-            pid = wait_for(running_pid, timeout=30, interval=0.02, message=f"{PROGRAM} RUNNING and passing")
+            pid = wait_for(running_pid, timeout=60, interval=0.02, message=f"{process} RUNNING and passing")
             time.sleep(random.uniform(0.0, 1.0))  # a random phase of supervisord's poll(), see the docstring
             tail.lines()
 
@@ -280,21 +290,21 @@ def crashes(agent: ConsulAgent, workdir: Path, count: int) -> list[Crash]:
                 return killed
 
             killed, critical, width = poll.after(kill, "critical", timeout=10)
-            exited = _exit_logged(tail)
+            exited = _exit_logged(tail, process)
             samples.append(Crash(critical - killed, None if exited is None else exited - killed, width))
         return samples
     finally:
-        if poll is not None:
+        for poll in polls.values():
             poll.close()
         sv.cleanup()
 
 
-def _exit_logged(tail: LogTail) -> float | None:
-    """When supervisord logged the SIGKILLed program's exit (its log line, to the millisecond)."""
+def _exit_logged(tail: LogTail, process: str) -> float | None:
+    """When supervisord logged the SIGKILLed process's exit (its log line, to the millisecond)."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         for line in tail.lines():
-            if f"exited: {PROGRAM} (terminated by SIGKILL" in line:
+            if f"exited: {process} (terminated by SIGKILL" in line:
                 return _log_time(line)
         time.sleep(0.01)
     return None

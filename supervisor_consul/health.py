@@ -121,11 +121,15 @@ def fold(previous: ProcessStatus | None, change: ProcessStateChange, now: float)
                          exits=exits, flapping_since=flapping_since)
 
 
-def died(previous: ProcessStatus, waitstatus: int | None, spec: ServiceSpec | None, now: float) -> ProcessStatus:
-    """A RUNNING process the listener saw exit before supervisord reaped it: EXITED
-    as supervisord will say (its exit status is -1 for any death by a signal, and
-    expected when in exitcodes), so its event then changes nothing."""
-    exitstatus = None if waitstatus is None else decode_wait_status(waitstatus)[0]
+def exitstatus_of(waitstatus: int) -> int:
+    """supervisord's exit status for a wait status: -1 for any death by a signal."""
+    return decode_wait_status(waitstatus)[0]
+
+
+def died(previous: ProcessStatus, exitstatus: int | None, spec: ServiceSpec | None, now: float) -> ProcessStatus:
+    """A RUNNING process the listener saw exit, before supervisord's event: EXITED as
+    that event will say (expected when its exit status is in exitcodes), so the event
+    then changes nothing.  The exit counts once, here."""
     expected = None if exitstatus is None or spec is None else exitstatus in spec.exitcodes
     exits, flapping_since = _history(previous, "EXITED", exited_at=now)
     return ProcessStatus("EXITED", pid=previous.pid, expected=expected, exitstatus=exitstatus, since=now,

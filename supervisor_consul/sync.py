@@ -48,7 +48,6 @@ HEARTBEAT_SLACK = 0.05  # seconds past the first due heartbeat: those due just a
 CLAIM_REAPED_AFTER_INSTANCES = 60  # seconds: Consul's reaper runs every 30 s
 # A heartbeat is due at a third of the ttl: at two thirds one has been missed, at one the check expires.
 LAG_WARNING, LAG_CLEARED = 2 / 3, 1 / 2
-ASK_EACH_UP_TO = 8  # deaths in one round asked of supervisord one by one; more: getAllProcessInfo once
 MAINTENANCE_POLL = 5.0  # how often to look for a lifted maintenance on instances without a TTL check
 
 log = logging.getLogger("supervisor_consul")
@@ -89,7 +88,8 @@ class Sync:
         self._retry_at: dict[str, float] = {}  # service ID -> when to retry a refused operation
         self._maintenance_read_at = 0.0  # monotonic time the agent's maintenance checks were last read
         self._heartbeat_due = math.inf  # monotonic time the first heartbeat falls due
-        self._wakeup = RunningWakeup(waker or Waker(), monotonic)  # RUNNING without supervisord's extra second
+        self._waker = waker or Waker()
+        self._wakeup = RunningWakeup(self._waker, monotonic)  # RUNNING without supervisord's extra second
         self._legacy_owners: tuple[str, ...] = ()  # ids earlier versions gave this supervisord
         # The listener's parent is the supervisord it serves.
         keeper = claim.Keeper(incarnation or claim.incarnation_of(os.getppid()))
@@ -171,36 +171,36 @@ class Sync:
     # -- desired state --------------------------------------------------------
 
     def _take_deaths(self, died: dict[str, ProcessExit]) -> None:
-        """Processes the exit watch saw die, after the batch's events (a STOPPING among
-        them wins).  supervisord is asked first: it says STOPPING when it is stopping the
-        process itself, and the request wakes it to reap the child and send its event."""
+        """Processes the exit watch saw die, after the batch's events: critical at once,
+        as supervisord's EXITED will say, so its event then changes nothing.  supervisord
+        is woken to reap them, so its own events follow within milliseconds; those
+        correct a death it caused itself (STOPPING, STOPPED)."""
         deaths = [death for namespec, death in died.items() if (status := self.statuses.get(namespec)) is not None
                   and status.state == "RUNNING" and status.pid == death.pid]  # else a later word said more
         if not deaths:
             return
-        assert self.configuration is not None and self.supervisor is not None
-        infos = self._infos_of([death.namespec for death in deaths])
+        assert self.configuration is not None
         for death in deaths:
-            status, spec, info = self.statuses[death.namespec], self.configuration.process(death.namespec), \
-                infos.get(death.namespec)
-            reaped = info is not None and not (info.get("statename") == "RUNNING" and info.get("pid") == death.pid)
-            log.debug("%s: pid %d exited, seen by the exit watch; supervisord %s", death.namespec, death.pid,
-                      f"says {info['statename']}" if reaped else "has not reaped it yet")
-            if reaped:
-                self.statuses[death.namespec] = health.from_info(status, info, spec)  # it knows already
-            else:
-                self.statuses[death.namespec] = health.died(status, death.waitstatus, spec, self._wall())
+            status, spec = self.statuses[death.namespec], self.configuration.process(death.namespec)
+            if death.waitstatus is not None:
+                exitstatus: int | None = health.exitstatus_of(death.waitstatus)
+            else:  # supervisord reaped it first: it knows how it ended (unless it has respawned it already)
+                info = self._info_of(death.namespec)
+                if info is not None and info.get("statename") in ("STOPPING", "STOPPED"):
+                    self.statuses[death.namespec] = health.from_info(status, info, spec)
+                    continue
+                reaped = info is not None and info.get("statename") == "EXITED"
+                exitstatus = info.get("exitstatus") if reaped and info else None
+            log.debug("%s: pid %d exited, seen by the exit watch", death.namespec, death.pid)
+            self.statuses[death.namespec] = health.died(status, exitstatus, spec, self._wall())
+        if self.supervisor is not None:
+            self._waker(self.supervisor)
 
-    def _infos_of(self, namespecs: list[str]) -> dict[str, dict[str, Any]]:
-        """supervisord's getProcessInfo of a few processes, or of all at once for many
-        (`stop all`); empty when it cannot be asked."""
-        assert self.supervisor is not None
+    def _info_of(self, namespec: str) -> dict[str, Any] | None:
         try:
-            if len(namespecs) > ASK_EACH_UP_TO:
-                return {make_namespec(info["group"], info["name"]): info for info in self.supervisor.all_process_info()}
-            return {namespec: self.supervisor.process_info(namespec) for namespec in namespecs}
+            return self.supervisor.process_info(namespec) if self.supervisor is not None else None
         except SupervisorError:
-            return {}
+            return None
 
     def _fold(self, hint: Hint | ScriptResult, exited: set[str]) -> bool:
         """Take in one hint; True when it calls for a full reconcile.  `exited` collects

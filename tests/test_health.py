@@ -10,7 +10,7 @@ from supervisor_consul.spec import ServiceSpec
 from supervisor_consul.events import ProcessStateChange
 from supervisor_consul.health import (
     CRITICAL, FLAP_EXITS, FLAP_HOLD, FLAP_WINDOW, KEEP, MAX_EXITS_KEPT, PASSING, WARNING, Health, ProcessStatus,
-    died, flapping, fold, from_info, in_maintenance, wanted, with_exitstatus,
+    died, exitstatus_of, flapping, fold, from_info, in_maintenance, wanted, with_exitstatus,
 )
 
 NOW = 1_800_000_000.0
@@ -414,7 +414,7 @@ def test_a_reconcile_of_an_exit_never_heard_of_takes_its_own_answer():
 
 def test_a_death_seen_first_shows_as_supervisords_exited_will():
     running = after(change("RUNNING", "STARTING", 42))
-    killed = died(running, signal.SIGKILL, spec(), NOW + 1)  # the wait status of a SIGKILL
+    killed = died(running, exitstatus_of(signal.SIGKILL), spec(), NOW + 1)  # a SIGKILL's wait status
     assert (killed.state, killed.pid, killed.exitstatus, killed.expected) == ("EXITED", 42, -1, False)
     assert wanted(killed, spec(), NOW + 1) == Health(CRITICAL, "EXITED unexpectedly: killed by a signal")
     assert killed.exits == (NOW + 1,)
@@ -427,13 +427,13 @@ def test_a_clean_exit_seen_first_is_expected_by_exitcodes():
     running = after(change("RUNNING", "STARTING", 42))
     assert wanted(died(running, 0, spec(), NOW), spec(), NOW) == Health(CRITICAL, "EXITED expectedly with exit "
                                                                                   "status 0")
-    assert wanted(died(running, 3 << 8, spec(exitcodes=(0, 3)), NOW), spec(), NOW).note == \
+    assert wanted(died(running, exitstatus_of(3 << 8), spec(exitcodes=(0, 3)), NOW), spec(), NOW).note == \
         "EXITED expectedly with exit status 3"
     assert wanted(died(running, None, spec(), NOW), spec(), NOW).note == "EXITED unexpectedly, exit status unknown"
 
 
 def test_supervisord_still_saying_running_for_the_dead_pid_keeps_the_death():
-    killed = died(after(change("RUNNING", "STARTING", 42)), signal.SIGKILL, spec(), NOW)
+    killed = died(after(change("RUNNING", "STARTING", 42)), -1, spec(), NOW)
     assert from_info(killed, {"statename": "RUNNING", "pid": 42, "now": NOW}, spec()) is killed
     respawned = from_info(killed, {"statename": "RUNNING", "pid": 43, "now": NOW + 1}, spec())
     assert (respawned.state, respawned.pid) == ("RUNNING", 43)

@@ -352,17 +352,36 @@ name={after}
 
 def test_a_killed_process_is_critical_before_supervisord_reaps_it_with_supervisords_note(consul_agent,
                                                                                         supervisord_factory):
-    """The listener watches each RUNNING pid (exit_watch.py): the note it writes at once is
-    the one supervisord's EXITED event gives, so the catalog (the UI) shows it right too."""
+    """The listener watches each RUNNING pid (exit_watch.py): even with supervisord frozen,
+    so that only the watch can tell, the instance turns critical, with the note
+    supervisord's EXITED event gives once it thaws; so the catalog (the UI) shows it
+    right too."""
     name = unique("victim")
     sv = supervisord_factory(f"[program:victim]\ncommand=sleep 300\nautorestart=false\n"
                              f"[consul:victim]\nname={name}\n" + listener(consul_agent))
     wait_passing(consul_agent, name)
-    pid = sv.wait_state("victim", "RUNNING")["pid"]
-    os.kill(pid, signal.SIGKILL)
-    killed = [("critical", "EXITED unexpectedly: killed by a signal")]
-    wait_for(lambda: status_of(consul_agent, name) == killed, message="critical with supervisord's note")
+    pid, listener_pid = sv.wait_state("victim", "RUNNING")["pid"], sv.info("consul")["pid"]
+    wait_for(lambda: pidfds(listener_pid) == 1, message="the listener watching the pid")
+    os.kill(sv.pid, signal.SIGSTOP)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        killed = [("critical", "EXITED unexpectedly: killed by a signal")]
+        wait_for(lambda: status_of(consul_agent, name) == killed, message="critical while supervisord is frozen")
+    finally:
+        os.kill(sv.pid, signal.SIGCONT)
     assert sv.wait_state("victim", "EXITED")["exitstatus"] == -1
     assert f"victim: pid {pid} exited, seen by the exit watch" in listener_log(sv)
+    # The catalog has the very note: supervisord's event brought nothing new to write.
     wait_for(lambda: [(process_check(e)["Status"], process_check(e)["Output"]) for e in consul_agent.health(name)]
              == killed, message="the catalog with the same note")
+    wait_for(lambda: pidfds(listener_pid) == 0, message="no descriptor left for the dead pid")
+
+
+def pidfds(pid: int) -> int:
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[pidfd]"
+        except OSError:
+            pass
+    return count

@@ -810,19 +810,21 @@ def test_a_death_seen_by_the_exit_watch_is_critical_before_supervisords_event(wo
     world.deliver(ProcessExit("web", 42, signal.SIGKILL))  # supervisord has not reaped it: still RUNNING
     killed = Health(CRITICAL, "EXITED unexpectedly: killed by a signal")
     assert world.take_writes() == [("update_ttl", f"{sid('web')}:process", killed)]
-    assert world.supervisor.process_info_calls == calls + 1  # asked (and so woken) once
+    assert world.supervisor.wakes == 1  # to reap it now rather than after its poll() times out
     world.supervisor.set("web", "EXITED", exitstatus=-1)
     world.deliver(ProcessStateChange("web", "EXITED", "RUNNING", 42, expected=False))
     assert world.take_writes() == []  # its event says what the note says already
-    assert world.supervisor.process_info_calls == calls + 1
+    assert world.supervisor.process_info_calls == calls  # and the exit status is known
 
 
 def test_a_death_supervisord_caused_is_the_stop_not_a_crash(world):
     world.round()
     world.take_writes()
-    world.supervisor.set("web", "STOPPING", pid=42)
-    world.deliver(ProcessExit("web", 42, signal.SIGTERM))
-    assert world.take_writes() == [("update_ttl", f"{sid('web')}:process", Health(CRITICAL, "STOPPING pid 42", registers=False))]
+    stopping = Health(CRITICAL, "STOPPING pid 42", registers=False)
+    world.deliver(ProcessStateChange("web", "STOPPING", "RUNNING", 42), ProcessExit("web", 42, signal.SIGTERM))
+    assert world.take_writes() == [("update_ttl", f"{sid('web')}:process", stopping)]
+    world.deliver(ProcessStateChange("web", "STOPPED", "STOPPING", 0))
+    assert world.take_writes() == [("deregister", sid("web"))]
 
 
 def test_a_death_of_a_pid_already_replaced_changes_nothing(world):
