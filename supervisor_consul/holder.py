@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Callable
 
 from . import acl_token, claim, instance
 from .agent import REFUSED_RETRY, Agent, ConsulError
 from .config import Configuration
 from .health import CRITICAL, PASSING, Health
+from .pulse import Pulse
 
 log = logging.getLogger("supervisor_consul")
 MAX_TTL = 15.0  # seconds: the claim's TTL check, unless an instance's ttl is shorter
@@ -34,8 +36,11 @@ class Standing(enum.Enum):
 
 class Holder:
     def __init__(self, agent: Agent, keeper: claim.Keeper, report: Callable[..., None],
-                 clear: Callable[[str, str | None], None]) -> None:
+                 clear: Callable[[str, str | None], None], monotonic: Callable[[], float] = time.monotonic,
+                 background: bool = True) -> None:
         self.agent = agent
+        self.pulse = Pulse(lambda check_id, health: agent.update_ttl(check_id, health, claim.SERVICE),
+                           self.retry_now, monotonic, background)
         self.keeper = keeper
         self.standing = Standing.UNKNOWN
         self._report, self._clear = report, clear  # Conditions': a condition is said once
@@ -67,6 +72,7 @@ class Holder:
         if force or now >= self._due:
             self._due = now + self.every
             self._look(now, instances)
+        self.pulse.beat_if_due()
         return self.standing in (Standing.HELD, Standing.UNCLAIMED)
 
     def _look(self, now: float, instances: int) -> None:
@@ -75,6 +81,7 @@ class Holder:
             seen = self.agent.read_claim(self.owner)
             decision = self.keeper.decide(seen)
             if decision.verdict is claim.Verdict.YIELD:
+                self.pulse.stop()
                 self.standing = Standing.YIELDED
                 self._report("claim", self._yielding(decision), logging.ERROR)
                 return
@@ -87,13 +94,14 @@ class Holder:
                 initial = PASSING if seen is not None and seen.status == PASSING else CRITICAL
                 self.agent.register(self._registration, health, initial=initial)
                 self._registered = self._registration.fingerprint
+                self.pulse.keep(self._registration.ttl_check_id or "", health, self.every, written=True)
                 again = self.agent.read_claim(self.owner)
                 if again is None or again.incarnation != self.keeper.me:
                     # Another listener registered it at the same moment: the next look settles it.
                     self._due = now
                     return
-            else:
-                self.agent.update_ttl(self._registration.ttl_check_id or "", health, claim.SERVICE)
+            else:  # beaten by the pulse; at once when the note changed
+                self.pulse.keep(self._registration.ttl_check_id or "", health, self.every)
         except ConsulError as exc:
             if exc.unreachable:
                 raise
@@ -103,6 +111,7 @@ class Holder:
             if exc.token_unknown:  # refuses everything, not the claim: nothing to change but the token
                 self._report(acl_token.CONDITION, str(exc), logging.WARNING, once=True)
                 return
+            self.pulse.stop()
             self.standing = Standing.UNCLAIMED
             self._due = now + REFUSED_RETRY
             self._report("claim", f"{exc}; going on without the claim {instance.claim_id(self.owner)}: another "
@@ -116,6 +125,7 @@ class Holder:
     def release(self) -> None:
         """supervisord is gone and so are our instances: the claim goes last, since
         an alias of a service that is gone shows passing for up to a minute (1.8)."""
+        self.pulse.stop()
         if self.standing is Standing.HELD:
             self.agent.deregister(instance.claim_id(self.owner), claim.SERVICE)
             self.standing = Standing.UNKNOWN

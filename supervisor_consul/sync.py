@@ -64,7 +64,7 @@ class Sync:
                  wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  waker: Callable[[Supervisor], None] | None = None,
                  incarnation: claim.Incarnation | None = None, workers: int = sending.WORKERS,
-                 exit_watch: ExitWatch | None = None) -> None:
+                 exit_watch: ExitWatch | None = None, background_pulse: bool = True) -> None:
         self.agent = agent
         self.configfile = configfile
         self.host = host
@@ -93,7 +93,8 @@ class Sync:
         self._legacy_owners: tuple[str, ...] = ()  # ids earlier versions gave this supervisord
         # The listener's parent is the supervisord it serves.
         keeper = claim.Keeper(incarnation or claim.incarnation_of(os.getppid()))
-        self.holder = Holder(agent, keeper, self.conditions.report, self.conditions.clear)
+        self.holder = Holder(agent, keeper, self.conditions.report, self.conditions.clear, monotonic,
+                             background_pulse)
         self._sender = sending.Sender(self._send, workers)
         self.scripts = ScriptChecks(inbox.post)
         self.restarts = Restarts()
@@ -111,6 +112,7 @@ class Sync:
             except Exception as exc:  # noqa: BLE001
                 self._round_failed(exc)
             if batch.closed:
+                self.holder.pulse.close()
                 self.scripts.close()
                 if self.exit_watch is not None:
                     self.exit_watch.close()
@@ -426,6 +428,7 @@ class Sync:
     def converge(self, fresh: bool = False) -> int:
         """Apply the plan from desired to actual; how many operations succeeded.
         `fresh`: actual was read from the agent this very round."""
+        self.holder.pulse.progress()  # every round comes here, whatever the agent's state
         if self.actual is None or self.configuration is None:
             return 0
         now = self._monotonic()

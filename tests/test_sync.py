@@ -179,7 +179,8 @@ class World:
                          read_config=lambda path: self.configuration,
                          supervisor_factory=lambda configuration: self.supervisor,
                          wall=self.wall, monotonic=self.monotonic, waker=lambda supervisor: supervisor.wake(),
-                         incarnation=ME, workers=1)  # one at a time: the fake's writes in a fixed order
+                         incarnation=ME, workers=1,  # one at a time: the fake's writes in a fixed order
+                         background_pulse=False)  # the claim beats in converge(), on the fake clock
 
     def round(self) -> None:
         self.sync.reconcile()
