@@ -12,7 +12,9 @@ from __future__ import annotations
 import configparser
 import contextlib
 import getopt
+import glob
 import os
+import platform
 
 import shlex
 from collections.abc import Iterator
@@ -58,6 +60,12 @@ class Configuration:
     problems: tuple[Problem, ...] = ()
     readable: bool = True  # False when supervisor itself could not read the file
     files: tuple[str, ...] = ()  # every file read, for change detection
+    include_dirs: tuple[str, ...] = ()  # where [include] files= looks: a file added there is a change
+
+    @property
+    def watched(self) -> tuple[str, ...]:
+        """The paths whose stamps (stamp()) tell whether the configuration may have changed."""
+        return (*self.files, *self.include_dirs)
     server_configs: tuple[dict[str, Any], ...] = ()
     listeners: tuple[str, ...] = ()  # namespecs of the event listeners that run `supervisor-consul listen`
 
@@ -72,6 +80,19 @@ class Configuration:
 
 class ConfigNotFound(Exception):
     pass
+
+
+def stamp(paths: tuple[str, ...]) -> tuple[tuple[str, int, int, int], ...]:
+    """What tells a reading of these files from the next: each path's inode, size and
+    mtime (a directory's mtime moves when a file is added to it or removed)."""
+    stamps = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            stamps.append((path, st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamps.append((path, 0, -1, 0))
+    return tuple(stamps)
 
 
 def read(configfile: str) -> Configuration:
@@ -107,12 +128,14 @@ def read(configfile: str) -> Configuration:
         problems.append(problem)
         by_section.pop(problem.section, None)
     files = (configfile, *sorted({os.path.abspath(name) for name, _ in parser.file_sections} - {configfile}))
+    include_dirs = _include_dirs(options, parser, configfile)
     return Configuration(
         configfile=configfile,
         identifier=options.configroot.supervisord.identifier,
         services={spec.unit: spec for specs in by_section.values() for spec in specs},
         problems=tuple(problems),
         files=files,
+        include_dirs=include_dirs,
         server_configs=tuple(options.configroot.supervisord.server_configs),
         listeners=tuple(make_namespec(group.name, process.name)
                         for group in options.process_group_configs if isinstance(group, EventListenerPoolConfig)
@@ -234,6 +257,25 @@ class _MetaCaseParser(_UNHOSED):
         for filename in [filenames] if isinstance(filenames, str) else filenames:
             self.file_sections.append((filename, _sections_of(filename)))
         return super().read(filenames, **kwargs)
+
+
+def _include_dirs(options: _Reader, parser: Any, configfile: str) -> tuple[str, ...]:
+    """The directories [include] files= globs in, expanded as supervisor does; for a
+    pattern with wildcards in its directories, the deepest one without."""
+    if not parser.has_option("include", "files"):
+        return ()
+    expansions = {"here": options.here, "host_node_name": platform.node(), **options.environ_expansions}
+    try:
+        patterns = expand(parser.get("include", "files"), expansions, "include.files").split()
+    except ValueError:
+        return ()
+    dirs = set()
+    for pattern in patterns:
+        path = os.path.dirname(os.path.join(os.path.dirname(configfile), pattern))
+        while glob.has_magic(path):
+            path = os.path.dirname(path)
+        dirs.add(os.path.normpath(path))
+    return tuple(sorted(dirs))
 
 
 def _sections_of(filename: str) -> tuple[str, ...]:

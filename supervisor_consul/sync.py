@@ -91,6 +91,8 @@ class Sync:
         self._waker = waker or Waker()
         self._wakeup = RunningWakeup(self._waker, monotonic)  # RUNNING without supervisord's extra second
         self._legacy_owners: tuple[str, ...] = ()  # ids earlier versions gave this supervisord
+        self._config_stamp: tuple[tuple[str, int, int, int], ...] = ()  # of the files the configuration came from
+        self._read_config_anyway = True  # HUP, update, reload: read it whatever the files' stamps say
         # The listener's parent is the supervisord it serves.
         keeper = claim.Keeper(incarnation or claim.incarnation_of(os.getppid()))
         self.holder = Holder(agent, keeper, self.conditions.report, self.conditions.clear, monotonic,
@@ -122,6 +124,8 @@ class Sync:
 
     def _round(self, batch: Batch) -> None:
         wants_reconcile = batch.reconcile
+        # What the files say is read again when they changed, or when someone says it may have.
+        self._read_config_anyway |= batch.retry_refused
         # A rotated token file is seen within a round; HUP reads it whatever its mtime says.
         token_changed = self.agent.refresh_token(force=batch.retry_refused)
         if batch.retry_refused or token_changed:
@@ -144,7 +148,12 @@ class Sync:
         if wants_reconcile and (self.actual is not None or batch.retry_refused):
             # While the agent is down the backoff decides when to try again, unless an operator says now (HUP).
             self._reconcile_at = self._monotonic()
-        reconciled = self._monotonic() >= self._reconcile_at and self.reconcile()
+        reconcile_due = self._monotonic() >= self._reconcile_at
+        if reconcile_due and self.actual is not None and batch.hints:
+            # Send what the events said before the reads: a busy supervisord (a burst) takes seconds to
+            # answer getAllProcessInfo, and the instances it already told us of need not wait for that.
+            self.converge()
+        reconciled = reconcile_due and self.reconcile()
         applied = self.converge(fresh=reconciled)
         if reconciled:
             log.debug("reconcile done: %d instances owned in the agent, %d operations applied",
@@ -222,7 +231,9 @@ class Sync:
             return False
         if isinstance(hint, SupervisorStateChange):
             self.supervisord_stopping = hint.state == "STOPPING"
+            self._read_config_anyway |= hint.state == "RUNNING"
             return hint.state == "RUNNING"
+        self._read_config_anyway |= isinstance(hint, GroupsChanged)
         return isinstance(hint, GroupsChanged)
 
     def _all_stopped(self) -> None:
@@ -265,7 +276,19 @@ class Sync:
             raise NotReady(f"{exc}; the listener needs supervisord's XML-RPC to see what it runs") from exc
 
     def _load_configuration(self) -> None:
+        """Read the configuration when its files changed (editing a [consul:*] section
+        gives supervisord nothing to report, so no event would say), or when asked to."""
+        if self.configuration is not None and self.configuration.files and not self._read_config_anyway \
+                and config.stamp(self.configuration.watched) == self._config_stamp:
+            return
+        self._read_config_anyway = False
+        before = dict((path, rest) for path, *rest in
+                      config.stamp(self.configuration.watched if self.configuration else (self.configfile,)))
         configuration = self._read_config(self.configfile)
+        after = config.stamp(configuration.watched)
+        # A file changed while it was read is read again next time.
+        unchanged = all(before.get(path, rest) == rest for path, *rest in after)
+        self._config_stamp = after if configuration.readable and unchanged else ()
         if not configuration.readable:
             self.conditions.report("config", f"{configuration.problems[0]}; keeping the last good configuration"
                                    if self.configuration else str(configuration.problems[0]), logging.ERROR)

@@ -833,3 +833,33 @@ def test_a_death_of_a_pid_already_replaced_changes_nothing(world):
     world.take_writes()
     world.deliver(ProcessStateChange("web", "RUNNING", "STARTING", 43), ProcessExit("web", 42, signal.SIGKILL))
     assert [w[2].note for w in world.take_writes()] == ["RUNNING pid 43"]
+
+
+def test_the_configuration_is_read_again_only_when_its_files_change_or_someone_says(tmp_path):
+    from supervisor_consul import config
+    (tmp_path / "conf.d").mkdir()
+    main = tmp_path / "supervisord.conf"
+    main.write_text("[supervisord]\n[unix_http_server]\nfile=%(here)s/s.sock\n[include]\nfiles=conf.d/*.conf\n"
+                    "[program:web]\ncommand=sleep 1\n[consul:web]\n")
+    reads = []
+
+    def read(path):
+        reads.append(path)
+        return config.read(path)
+
+    world = World()
+    world.supervisor.set("web", "RUNNING", pid=42)
+    world.sync = Sync(world.agent, str(main), HOST, Inbox(), read_config=read,
+                      supervisor_factory=lambda configuration: world.supervisor, wall=world.wall,
+                      monotonic=world.monotonic, incarnation=ME, workers=1, background_pulse=False)
+    world.round()
+    world.round()
+    assert len(reads) == 1  # nothing changed: the 60 s reconcile costs no parse
+    (tmp_path / "conf.d" / "api.conf").write_text("[program:api]\ncommand=sleep 1\n[consul:api]\n")
+    world.round()
+    assert len(reads) == 2 and "api" in world.sync.configuration.services  # a file added to an [include]
+    main.write_text(main.read_text().replace("[consul:web]\n", "[consul:web]\ntags=v2\n"))
+    world.round()
+    assert len(reads) == 3 and world.sync.configuration.services["web"].tags == ("v2",)
+    world.deliver(GroupsChanged("web"))  # supervisorctl update: read whatever the stamps say
+    assert len(reads) == 4
