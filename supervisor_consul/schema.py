@@ -98,11 +98,12 @@ KEYS: tuple[Key, ...] = (
         "comma-separated (`db:9191, cache:9192`)", field="upstreams"),
     Key("drain", wait, "0s", "`0`", "how long `supervisor-consul stop` and `restart` keep an instance out of "
         "DNS before supervisord stops it", field="drain"),
-    Key("ttl", ttl, "15s", "`15s`", "the process-state check's TTL, at least 1s; the listener refreshes it "
-        "every ttl/3", field="ttl"),
+    Key("ttl", ttl, "15s", "`15s`", "at least 1s: how soon the instance turns critical once supervisord or the "
+        "listener is gone (the claim's TTL is the shortest ttl, at most 15s; without the claim, the process-state "
+        "check's own TTL, refreshed every ttl/3)", field="ttl"),
     Key("deregister_after", deregister_after, "5m", "`5m`", "Consul's DeregisterCriticalServiceAfter on the "
-        "process-state check (with `check = none`, on the liveness check); `off` disables (Consul enforces at "
-        "least 1m)", field="deregister_after"),
+        "process-state check and the liveness check (the alias of the claim); `off` disables (Consul enforces "
+        "at least 1m)", field="deregister_after"),
     Key("on_fatal", on_fatal, "deregister", "`deregister`", "`deregister` or `critical`: what FATAL does",
         field="on_fatal"),
 )
