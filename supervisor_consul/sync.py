@@ -88,6 +88,8 @@ class Sync:
         self._retry_at: dict[str, float] = {}  # service ID -> when to retry a refused operation
         self._maintenance_read_at = 0.0  # monotonic time the agent's maintenance checks were last read
         self._heartbeat_due = math.inf  # monotonic time the first heartbeat falls due
+        self._timed = True  # some desired state changes with the clock alone (desired() says)
+        self._maintained = True  # one of ours is in maintenance, to be looked at again (converge() says)
         self._waker = waker or Waker()
         self._wakeup = RunningWakeup(self._waker, monotonic)  # RUNNING without supervisord's extra second
         self._legacy_owners: tuple[str, ...] = ()  # ids earlier versions gave this supervisord
@@ -154,7 +156,8 @@ class Sync:
             # answer getAllProcessInfo, and the instances it already told us of need not wait for that.
             self.converge()
         reconciled = reconcile_due and self.reconcile()
-        applied = self.converge(fresh=reconciled)
+        news = bool(batch.hints) or batch.reconcile or batch.retry_refused or token_changed
+        applied = self.converge(fresh=reconciled, news=news)
         if reconciled:
             log.debug("reconcile done: %d instances owned in the agent, %d operations applied",
                       len(self.actual or {}), applied)
@@ -355,13 +358,20 @@ class Sync:
     def desired(self) -> dict[str, Desired]:
         assert self.configuration is not None
         now = self._wall()
+        self._restarted = {namespec: why for namespec, why in self._restarted.items() if now < why[1]}
+        timed = bool(self._restarted)
         result = {}
         for unit, spec in self.configuration.services.items():
             status = self.statuses.get(spec.namespec)
             registration = self.registrations.get(unit)
             if registration is not None and status is not None:
-                result[registration.service_id] = self._with_restart_note(
-                    Desired.of(registration, status, spec, now), spec.namespec, now)
+                desired = Desired.of(registration, status, spec, now)
+                # What the clock alone changes: a crash loop's hold, a critical spell's deregister_after.
+                timed = timed or bool(status.flapping_since) or (
+                    isinstance(desired.wanted, health.Health) and desired.wanted.status == health.CRITICAL
+                    and spec.deregister_after_seconds is not None)
+                result[registration.service_id] = self._with_restart_note(desired, spec.namespec, now)
+        self._timed = timed
         return result
 
     def _with_restart_note(self, desired: Desired, namespec: str, now: float) -> Desired:
@@ -448,23 +458,30 @@ class Sync:
             return replace(have, updated_at=known.updated_at)
         return have
 
-    def converge(self, fresh: bool = False) -> int:
+    def converge(self, fresh: bool = False, news: bool = True) -> int:
         """Apply the plan from desired to actual; how many operations succeeded.
-        `fresh`: actual was read from the agent this very round."""
+        `fresh`: actual was read from the agent this very round.  `news`: the round
+        brought something (a hint, a reading); without it, and with nothing falling
+        due, planning would find nothing to do, and is skipped."""
         self.holder.pulse.progress()  # every round comes here, whatever the agent's state
         if self.actual is None or self.configuration is None:
             return 0
         now = self._monotonic()
-        self._heartbeat_due = math.inf  # until this round has sent what it sends
         try:
             may_act = self.holder.may_act(now, len(self.registrations), force=fresh)
         except ConsulError as exc:
             self._agent_failed(exc)
             return 0
         if self.holder.claimed != self._built_claimed:
-            self._build_registrations()  # check = none instances alias the claim only while we hold it
+            self._build_registrations()  # instances alias the claim only while we hold it
+            news = True
         if not may_act:
             return 0
+        if not (news or fresh or self._timed or self._maintained or now >= self._heartbeat_due
+                or any(at <= now for at in self._retry_at.values())):
+            self._look_at_checks()  # an idle round costs nothing per instance (1000: 20 ms a second otherwise)
+            return 0
+        self._heartbeat_due = math.inf  # until this round has sent what it sends
         if fresh:
             self._maintenance_read_at = now
         elif self._maintenance_due(now) and not self._read_maintenance():
@@ -495,6 +512,7 @@ class Sync:
                 self._operation_failed(operation, exc)
         if self.actual is None:  # the agent went away meanwhile: the backoff decides what comes next
             return applied
+        self._maintained = any(have.maintenance is not None for have in self.actual.values())
         self._heartbeat_due = self._next_heartbeat_due(now)
         self.scripts.want(self.configuration.services, self.registrations, self.statuses, self.actual)
         self._look_at_checks()
@@ -549,6 +567,7 @@ class Sync:
             self._agent_failed(exc)
             return False
         self.actual = {sid: replace(have, maintenance=reasons.get(sid)) for sid, have in self.actual.items()}
+        self._maintained = bool(reasons)
         return True
 
     def _send(self, operation: Operation) -> None:

@@ -863,3 +863,22 @@ def test_the_configuration_is_read_again_only_when_its_files_change_or_someone_s
     assert len(reads) == 3 and world.sync.configuration.services["web"].tags == ("v2",)
     world.deliver(GroupsChanged("web"))  # supervisorctl update: read whatever the stamps say
     assert len(reads) == 4
+
+
+def test_an_idle_round_plans_nothing_until_something_falls_due(world, mocker):
+    world.round()
+    world.take_writes()
+    planned = mocker.spy(world.sync, "desired")
+    for _ in range(30):
+        world.monotonic.advance(1)
+        world.sync.converge(news=False)
+    assert planned.call_count == 0 and world.take_writes() == []
+    world.sync.converge(news=True)  # a hint came
+    assert planned.call_count == 1
+    # A critical instance with deregister_after changes with the clock: every round looks.
+    world.supervisor.set("web", "EXITED", exitstatus=1)
+    world.deliver(ProcessStateChange("web", "EXITED", "RUNNING", 42, expected=False))
+    calls = planned.call_count
+    world.monotonic.advance(1)
+    world.sync.converge(news=False)
+    assert planned.call_count == calls + 1
