@@ -25,6 +25,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .procfs import stat_fields
+
 SERVICE = "supervisord"
 INCARNATION_META = "supervisord-incarnation"
 
@@ -52,15 +54,9 @@ class Incarnation:
 
 
 def start_time(pid: int) -> int | None:
-    """A process's start time, or None when there is no such process here."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: the fields follow the last ')'.
-    fields = data[data.rfind(")") + 2:].split()
-    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+    """A process's start time (field 22), or None when there is no such process here."""
+    fields = stat_fields(pid)
+    return int(fields[19]) if fields and len(fields) > 19 and fields[19].isdigit() else None
 
 
 def incarnation_of(pid: int) -> Incarnation:

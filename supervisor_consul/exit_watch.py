@@ -26,6 +26,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .procfs import stat_fields
+
 log = logging.getLogger("supervisor_consul")
 
 
@@ -39,15 +41,9 @@ class ProcessExit:
 
 
 def zombie_of(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, exit_code) from /proc/PID/stat, or None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: the fields follow the last ')'.
-    fields = data[data.rfind(")") + 2:].split()
-    if len(fields) < 50 or not fields[1].isdigit() or not fields[49].lstrip("-").isdigit():
+    """(state, ppid, exit_code): fields 3, 4 and 52; None when there is no such process."""
+    fields = stat_fields(pid)
+    if fields is None or len(fields) < 50 or not fields[1].isdigit() or not fields[49].lstrip("-").isdigit():
         return None
     return fields[0], int(fields[1]), int(fields[49])
 
