@@ -37,10 +37,13 @@ class Standing(enum.Enum):
 class Holder:
     def __init__(self, agent: Agent, keeper: claim.Keeper, report: Callable[..., None],
                  clear: Callable[[str, str | None], None], monotonic: Callable[[], float] = time.monotonic,
-                 background: bool = True) -> None:
+                 background: bool = True, agent_forgot: Callable[[], None] = lambda: None) -> None:
+        """`agent_forgot`: called when the agent no longer has the claim (it restarted,
+        and with it everything else of ours)."""
         self.agent = agent
+        self._agent_forgot = agent_forgot
         self.pulse = Pulse(lambda check_id, health: agent.update_ttl(check_id, health, claim.SERVICE),
-                           self.retry_now, monotonic, background)
+                           self._forgotten, monotonic, background)
         self.keeper = keeper
         self.standing = Standing.UNKNOWN
         self._report, self._clear = report, clear  # Conditions': a condition is said once
@@ -64,6 +67,12 @@ class Holder:
 
     def retry_now(self) -> None:
         self._due = 0.0
+
+    def _forgotten(self) -> None:
+        """The claim's heartbeat met a check the agent no longer has: register it again
+        at the next look, and have everything read afresh (the instances are gone too)."""
+        self._due, self._registered = 0.0, ""
+        self._agent_forgot()
 
     def may_act(self, now: float, instances: int, force: bool = False) -> bool:
         """Look at the claim when due (or `force`d: a reconcile), take it or keep it;

@@ -87,7 +87,7 @@ class Pulse:
             self._beat(check_id, health)
         except ConsulError as exc:
             # The sync loop says what is wrong with the agent; only a forgotten claim is ours to act on.
-            log.debug("claim heartbeat: %s", exc)
+            log.debug("the claim's heartbeat was not written (%s)", exc.status or "no answer")
             if exc.lost:
                 self._on_lost()
 

@@ -98,7 +98,7 @@ class Sync:
         # The listener's parent is the supervisord it serves.
         keeper = claim.Keeper(incarnation or claim.incarnation_of(os.getppid()))
         self.holder = Holder(agent, keeper, self.conditions.report, self.conditions.clear, monotonic,
-                             background_pulse)
+                             background_pulse, agent_forgot=lambda: self.inbox.request_reconcile())
         self._sender = sending.Sender(self._send, workers)
         self.scripts = ScriptChecks(inbox.post)
         self.restarts = Restarts()

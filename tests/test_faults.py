@@ -153,8 +153,11 @@ def test_supervisord_killed_instances_expire(own_agent, supervisord_factory, con
 
     sv.kill_with_children()
     killed = time.monotonic()
-    wait_for(lambda: {check["Status"] for check in own_agent.checks().values()
-                      if check["ServiceName"] == service} == {"critical"},
+    def critical() -> set[str]:  # our instances with a critical check: their liveness, the alias of the claim
+        return {check["ServiceID"] for check in own_agent.checks().values()
+                if check["ServiceName"] == service and check["Status"] == "critical"}
+
+    wait_for(lambda: critical() == {f"supervisord:{owner_of(sv)}:p1", f"supervisord:{owner_of(sv)}:p2"},
              timeout=15, message="every instance critical within ttl")
     critical_after = time.monotonic() - killed
     assert critical_after <= 5 + 3  # Consul's TTL timer, plus polling on a busy machine

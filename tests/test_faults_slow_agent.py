@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.faults import converge
-from tests.harness import ConsulAgent, listener, wait_for
+from tests.harness import ConsulAgent, listener
 from tests.secure_agent import CountingProxy
 from tests.test_integration import listener_log, unique
 

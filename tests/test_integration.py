@@ -150,7 +150,8 @@ timeout=1s
     assert sorted(e["Service"]["Port"] for e in entries) == [int(f"{prefix}{n}") for n in (1, 2, 3)]
     assert len({e["Service"]["ID"] for e in entries}) == 3
     assert sorted(e["Service"]["Tags"][0] for e in entries) == ["instance-1", "instance-2", "instance-3"]
-    assert all({c["CheckID"].rsplit(":", 1)[1] for c in e["Checks"] if c["ServiceID"]} == {"process", "http"}
+    assert all({c["CheckID"].rsplit(":", 1)[1] for c in e["Checks"] if c["ServiceID"]} == {"process", "http",
+                                                                                             "supervisord"}
                for e in entries)
     srv = consul_agent.dns(f"{name}.service.consul", "SRV")
     assert sorted(int(r.split()[2]) for r in srv) == [int(f"{prefix}{n}") for n in (1, 2, 3)]
@@ -321,10 +322,10 @@ interval=1s
     sv.ctl("stop", "plain")
     wait_for(lambda: instances(consul_agent, plain) == [], message="plain deregistered")
     # A TCP check runs beside the process-state check, and passes.
-    wait_for(lambda: [(c["CheckID"].rsplit(":", 1)[1], c["Status"]) for e in instances(consul_agent, tcp)
-                      for c in e["Checks"] if c["ServiceID"]] in ([("process", "passing"), ("tcp", "passing")],
-                                                                   [("tcp", "passing"), ("process", "passing")]),
-             message="tcp and process checks passing")
+    wait_for(lambda: sorted((c["CheckID"].rsplit(":", 1)[1], c["Status"]) for e in instances(consul_agent, tcp)
+                            for c in e["Checks"] if c["ServiceID"])
+             == [("process", "passing"), ("supervisord", "passing"), ("tcp", "passing")],
+             message="tcp, process and liveness checks passing")
 
 
 def test_non_ascii_program_names_keep_the_event_stream_in_step(consul_agent, supervisord_factory):

@@ -107,16 +107,21 @@ def test_the_registration_says_everything(tmp_path):
     json.dumps(body)  # what the agent gets is JSON as it is
 
 
-@pytest.mark.parametrize("spec, fingerprint", [
-    (ServiceSpec("web:web_01", "web", "web_01", "web", port=8101, tags=("a",), meta=(("v", "1"),)),
+@pytest.mark.parametrize("spec, claimed, fingerprint", [
+    (ServiceSpec("web:web_01", "web", "web_01", "web", port=8101, tags=("a",), meta=(("v", "1"),)), False,
      "b5a0c1acbdf2c37a"),
     (ServiceSpec("web", "web", "web", "web",
-                 checks=(CheckSpec(CheckKind.HTTP, "http://127.0.0.1:80/", "10s", "5s"),)), "ca27eb8553859af8"),
-    (ServiceSpec("app", "app", "app", "app", ttl_check=False), "6627a012158d8b5b"),
+                 checks=(CheckSpec(CheckKind.HTTP, "http://127.0.0.1:80/", "10s", "5s"),)), False,
+     "ca27eb8553859af8"),
+    (ServiceSpec("app", "app", "app", "app", ttl_check=False), True, "6627a012158d8b5b"),
 ])
-def test_a_section_of_the_simple_case_keeps_the_fingerprint_earlier_versions_gave_it(spec, fingerprint):
-    # As 0.1.0 before the service model computed them: an upgrade re-registers nothing.
-    assert instance.of(spec, OWNER, HOST, claimed=True).fingerprint == fingerprint
+def test_a_section_of_the_simple_case_keeps_the_fingerprint_earlier_versions_gave_it(spec, claimed, fingerprint):
+    # As 0.1.0 computed them.  Without the claim (and with `check = none`, with it) an upgrade
+    # re-registers nothing; with the claim an instance is re-registered once, keeping its status,
+    # since it gains its liveness check (the alias) and its process check's TTL becomes the backstop.
+    assert instance.of(spec, OWNER, HOST, claimed=claimed).fingerprint == fingerprint
+    if spec.ttl_check:
+        assert instance.of(spec, OWNER, HOST, claimed=True).fingerprint != fingerprint
 
 
 @pytest.mark.parametrize("body, key, words", [

@@ -283,9 +283,16 @@ def two_tokens(secure_agent, tmp_path: pathlib.Path, prefix: str):
     return agent, name, old, new, token_file
 
 
-def process_checks(agent: SecureAgent, name: str) -> list[str]:
-    """The agent's own view (the catalog's lags on output): each instance's process check status."""
-    return [c["Status"] for c in agent.checks().values() if c["ServiceName"] == name and c["CheckID"].endswith(":process")]
+def instance_statuses(agent: SecureAgent, name: str) -> list[str]:
+    """The agent's own view (the catalog's lags on output): each instance's health, its worst check's
+    status (its liveness check, the alias of the claim, turns critical when the claim's heartbeat stops)."""
+    worst: dict[str, str] = {}
+    order = ("passing", "warning", "critical")
+    for check in agent.checks().values():
+        if check["ServiceName"] == name:
+            seen = worst.get(check["ServiceID"], "passing")
+            worst[check["ServiceID"]] = max(seen, check["Status"], key=order.index)
+    return list(worst.values())
 
 
 @pytest.mark.fault("9d. ACL: token file rotated in place")
@@ -308,7 +315,7 @@ def test_a_rotated_token_file_is_used_without_a_restart(secure_agent, supervisor
     heartbeats = len(agent.requests_served("/v1/agent/check/pass/"))
     statuses = []
     while time.monotonic() - rotated < 2 * 3:
-        statuses.extend(process_checks(agent, name))
+        statuses.extend(instance_statuses(agent, name))
         time.sleep(0.1)
     assert set(statuses) == {"passing"}, statuses
     assert len(agent.requests_served("/v1/agent/check/pass/")) >= heartbeats + 3
@@ -334,11 +341,11 @@ def test_a_token_deleted_before_its_file_is_rotated_is_named_then_replaced(secur
     wait_for(lambda: log_lines(sv, "ACL not found"), timeout=10, message="the refusal logged")
     [line] = log_lines(sv, "ACL not found")
     assert f"the agent knows no token with the SecretID from --token-file {token_file}" in line
-    wait_for(lambda: process_checks(agent, name) == ["critical"], timeout=10, message="critical within ttl")
+    wait_for(lambda: instance_statuses(agent, name) == ["critical"], timeout=10, message="critical within ttl")
 
     rotated = time.monotonic()
     rotate(token_file, new["SecretID"], by_rename=False)
-    wait_for(lambda: process_checks(agent, name) == ["passing"], timeout=10, message="passing with the new token")
+    wait_for(lambda: instance_statuses(agent, name) == ["passing"], timeout=10, message="passing with the new token")
     took = time.monotonic() - rotated
     assert sv.ctl("signal", "HUP", "consul").returncode == 0  # HUP reads it too, and changes nothing now
     seconds = converge(agent, sv)
