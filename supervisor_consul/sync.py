@@ -207,7 +207,10 @@ class Sync:
                 exitstatus = info.get("exitstatus") if reaped and info else None
             log.debug("%s: pid %d exited, seen by the exit watch", death.namespec, death.pid)
             self.statuses[death.namespec] = health.died(status, exitstatus, spec, self._wall())
-        if self.supervisor is not None:
+        now = self._wall()
+        # Not for a crash loop: waking supervisord would only make it respawn the program faster.
+        if self.supervisor is not None and any(not health.flapping(self.statuses[death.namespec], now)
+                                               for death in deaths):
             self._waker(self.supervisor)
 
     def _info_of(self, namespec: str) -> dict[str, Any] | None:

@@ -115,13 +115,14 @@ def rss_and_fds(pid: int) -> tuple[float, int]:
     return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def descriptors(pid: int) -> tuple[int, int, int]:
-    """(connections, socket descriptors, every other descriptor) open in pid.
+def descriptors(pid: int) -> tuple[int, int, int, int]:
+    """(connections, socket descriptors, pidfds, every other descriptor) open in pid.
     Kept-alive connections to the agent come and go up to the connection
     pool's size, each held by two descriptors (the watchdog's duplicate,
-    transport.py); the rest (pipes, files) must stay as they were."""
+    transport.py); the exit watch holds a pidfd per RUNNING process; the rest
+    (pipes, files) must stay as they were."""
     sockets: list[str] = []
-    others = 0
+    others = pidfds = 0
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
@@ -129,6 +130,8 @@ def descriptors(pid: int) -> tuple[int, int, int]:
             continue  # closed while listed
         if target.startswith("socket:"):
             sockets.append(target)
+        elif target == "anon_inode:[pidfd]":
+            pidfds += 1
         else:
             others += 1
-    return len(set(sockets)), len(sockets), others
+    return len(set(sockets)), len(sockets), pidfds, others

@@ -260,7 +260,7 @@ def test_churn_soak(consul_agent, supervisord_factory, converged):
     converge(consul_agent, sv, timeout=60)
     pid = listener_pid(sv)
     rss_before, _ = rss_and_fds(pid)
-    connections_before, _, others_before = descriptors(pid)
+    connections_before, _, _, others_before = descriptors(pid)
     chance = random.Random(3)
     rpc = sv.rpc().supervisor
     actions = refused = 0
@@ -280,15 +280,18 @@ def test_churn_soak(consul_agent, supervisord_factory, converged):
             refused += 1  # already started, not running, pid 0 ...
     seconds = converge(consul_agent, sv, timeout=60)
     rss_after, _ = rss_and_fds(pid)
-    connections_after, sockets_after, others_after = descriptors(pid)
+    connections_after, sockets_after, pidfds, others_after = descriptors(pid)
+    running = sum(info["statename"] == "RUNNING" for info in rpc.getAllProcessInfo())
     converged(seconds, f"{actions} starts/stops/crashes in {SOAK_SECONDS:g} s; listener RSS {rss_before:.1f} -> "
                        f"{rss_after:.1f} MiB; connections {connections_before} -> {connections_after} (the agent's "
-                       f"pool keeps up to {DEFAULT_POOLSIZE}), other fds {others_before} -> {others_after}")
+                       f"pool keeps up to {DEFAULT_POOLSIZE}), other fds {others_before} -> {others_after}, "
+                       f"a pidfd for each of the {running} RUNNING")
     assert listener_pid(sv) == pid, "the listener restarted during the soak"
     # Parallel heartbeats warm the pool up during the soak, never past its size; a leak would pass it.
     assert connections_after <= max(connections_before, DEFAULT_POOLSIZE + 1)  # + the XML-RPC socket mid-call
     assert sockets_after <= 2 * connections_after
     assert others_after <= others_before
+    assert pidfds == running  # the exit watch closes the pidfd of each process that is gone
     assert rss_after - rss_before < 20
 
 

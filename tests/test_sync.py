@@ -882,3 +882,12 @@ def test_an_idle_round_plans_nothing_until_something_falls_due(world, mocker):
     world.monotonic.advance(1)
     world.sync.converge(news=False)
     assert planned.call_count == calls + 1
+
+
+def test_a_crash_loop_is_not_hurried_by_waking_supervisord(world):
+    world.round()
+    for pid in range(42, 48):  # six deaths within a minute: a crash loop from the fifth
+        world.supervisor.set("web", "RUNNING", pid=pid)
+        world.deliver(ProcessStateChange("web", "RUNNING", "STARTING", pid), ProcessExit("web", pid, signal.SIGKILL))
+        world.wall.advance(1)
+    assert world.supervisor.wakes == 4
