@@ -153,14 +153,22 @@ class ExitWatch:
                     return
                 with self._lock:
                     watched = self._fds.get(fd)
-                    if watched is None:
-                        continue  # dropped meanwhile
+                    # Dropped meanwhile, or dropped and its number reused for a live process's pidfd.
+                    if watched is None or not _readable(fd):
+                        continue
                     namespec, pid = watched
                     self._drop(namespec)
                 # Read at once: the zombie, and its wait status, last only until supervisord reaps it.
                 seen = zombie_of(pid)
                 waitstatus = seen[2] if seen is not None and seen[0] == "Z" and seen[1] == self._parent else None
                 self._post(ProcessExit(namespec, pid, waitstatus))
+
+
+def _readable(fd: int) -> bool:
+    """A pidfd is readable once its process has exited."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _raise_fd_limit() -> None:

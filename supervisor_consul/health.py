@@ -65,6 +65,9 @@ _DIED_STATES = ("EXITED", "BACKOFF", "FATAL")
 FLAP_EXITS: Final = 5
 FLAP_WINDOW: Final = 60.0  # seconds
 FLAP_HOLD: Final = 30.0  # seconds RUNNING before a loop is over
+# supervisord reaps a dead child within a pass of its main loop (a second at most): a pid it
+# still calls RUNNING this long after the listener saw it die is alive after all.
+REAP_WITHIN: Final = 5.0  # seconds
 MAX_EXITS_KEPT: Final = 1000  # bounds the history of a loop faster than any supervisord
 FLAPPING_NOTE: Final = "restarting: "  # how every crash-loop note begins
 _LOOP_STATES = ("RUNNING", "EXITED", "BACKOFF")  # what a respawn loop passes through (STARTING keeps)
@@ -148,7 +151,7 @@ def from_info(previous: ProcessStatus | None, info: dict[str, Any], spec: Servic
     if state == "STARTING":
         return previous or ProcessStatus("STARTING", since=info.get("now", 0))
     if state == "RUNNING" and previous is not None and previous.state == "EXITED" and previous.pid \
-            and previous.pid == info.get("pid"):
+            and previous.pid == info.get("pid") and info.get("now", 0) - previous.since < REAP_WITHIN:
         return previous  # seen dead by the listener (died()), not reaped by supervisord yet
     if previous is not None and previous.state == state and (state != "RUNNING" or previous.pid == info.get("pid")):
         if state == "EXITED" and previous.exitstatus is None:

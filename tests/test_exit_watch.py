@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import queue
+import select
 import signal
 import subprocess
 
@@ -98,3 +99,20 @@ def test_a_process_gone_before_the_watch_began_is_left_to_supervisords_event(wat
     watch.follow("web", child.pid)
     assert watch.watched == {} and zombie_of(child.pid) is None
     wait_for(lambda: watch.posted.empty(), timeout=1)
+
+
+def test_a_pidfd_number_reused_for_a_live_process_is_not_taken_for_a_death(watch, children):
+    """The thread may wake for a pidfd that was dropped and whose number a new pidfd took
+    meanwhile: only a readable pidfd (its process exited) is a death."""
+    first, second = children("sleep", "60"), children("sleep", "60")
+    watch.follow("web", first.pid)
+    [fd] = list(watch._fds)
+    with watch._lock:  # the thread wakes for the death, and waits here while the sync loop swaps the watch
+        os.kill(first.pid, signal.SIGKILL)
+        wait_for(lambda: select.select([fd], [], [], 0)[0], timeout=5, message="the pidfd readable")
+        watch._drop("web")
+        watch._open("web", second.pid)
+        assert list(watch._fds) == [fd]  # the same number, now the live process's
+    with pytest.raises(queue.Empty):
+        watch.posted.get(timeout=0.5)
+    assert watch.watched == {"web": second.pid}

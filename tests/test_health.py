@@ -437,3 +437,9 @@ def test_supervisord_still_saying_running_for_the_dead_pid_keeps_the_death():
     assert from_info(killed, {"statename": "RUNNING", "pid": 42, "now": NOW}, spec()) is killed
     respawned = from_info(killed, {"statename": "RUNNING", "pid": 43, "now": NOW + 1}, spec())
     assert (respawned.state, respawned.pid) == ("RUNNING", 43)
+
+
+def test_a_death_supervisord_still_denies_seconds_later_was_no_death():
+    killed = died(after(change("RUNNING", "STARTING", 42)), -1, spec(), NOW)
+    alive = from_info(killed, {"statename": "RUNNING", "pid": 42, "now": NOW + 10}, spec())
+    assert (alive.state, alive.pid) == ("RUNNING", 42)
