@@ -281,7 +281,7 @@ def test_churn_soak(consul_agent, supervisord_factory, converged):
     seconds = converge(consul_agent, sv, timeout=60)
     rss_after, _ = rss_and_fds(pid)
     connections_after, sockets_after, pidfds, others_after = descriptors(pid)
-    running = sum(info["statename"] == "RUNNING" for info in rpc.getAllProcessInfo())
+    running = sum(info["statename"] == "RUNNING" for info in rpc.getAllProcessInfo() if info["name"] in names)
     converged(seconds, f"{actions} starts/stops/crashes in {SOAK_SECONDS:g} s; listener RSS {rss_before:.1f} -> "
                        f"{rss_after:.1f} MiB; connections {connections_before} -> {connections_after} (the agent's "
                        f"pool keeps up to {DEFAULT_POOLSIZE}), other fds {others_before} -> {others_after}, "
