@@ -32,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.names or ALL:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
         module, function = RUNNERS.get(name, (f"bench.{name}", "run"))
-        rows.extend(getattr(importlib.import_module(module), function)(quick=args.quick))
+        try:
+            rows.extend(getattr(importlib.import_module(module), function)(quick=args.quick))
+        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not cost the others' figures
+            print(f"bench: {name} failed: {exc}", file=sys.stderr, flush=True)
+            rows.append(Row(f"{name}: failed", f"{type(exc).__name__}: {exc}"[:300], "-", None, "-", None))
     print()
     print("\n".join(table(rows)))
     print()

@@ -91,6 +91,7 @@ class ProcessStatus:
     # Wall-clock times of its exits within FLAP_WINDOW of the latest, oldest first.
     exits: tuple[float, ...] = ()
     flapping_since: float = 0.0  # the exit that began its crash loop; 0: in none
+    seen_dead: bool = False  # EXITED as the exit watch saw it (died()), before supervisord's word on it
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,10 @@ def fold(previous: ProcessStatus | None, change: ProcessStateChange, now: float)
     """The status after an event."""
     if change.state == "STARTING":
         return previous or ProcessStatus("STARTING", since=now)
-    if change.state == "EXITED" and previous is not None and previous.state == "EXITED" and previous.pid \
-            and previous.pid == change.pid:
+    if change.state == "EXITED" and previous is not None and previous.seen_dead and previous.pid == change.pid:
         # The exit the listener saw first (died()): supervisord's word on it, not a second exit.
-        return replace(previous, expected=previous.expected if change.expected is None else change.expected)
+        return replace(previous, expected=previous.expected if change.expected is None else change.expected,
+                       seen_dead=False)
     exits, flapping_since = _history(previous, change.state, exited_at=now if change.state == "EXITED" else None)
     return ProcessStatus(change.state, pid=change.pid, expected=change.expected, since=now,
                          exits=exits, flapping_since=flapping_since)
@@ -136,7 +137,7 @@ def died(previous: ProcessStatus, exitstatus: int | None, spec: ServiceSpec | No
     expected = None if exitstatus is None or spec is None else exitstatus in spec.exitcodes
     exits, flapping_since = _history(previous, "EXITED", exited_at=now)
     return ProcessStatus("EXITED", pid=previous.pid, expected=expected, exitstatus=exitstatus, since=now,
-                         exits=exits, flapping_since=flapping_since)
+                         exits=exits, flapping_since=flapping_since, seen_dead=True)
 
 
 def from_info(previous: ProcessStatus | None, info: dict[str, Any], spec: ServiceSpec | None) -> ProcessStatus:
@@ -150,8 +151,8 @@ def from_info(previous: ProcessStatus | None, info: dict[str, Any], spec: Servic
     state = info.get("statename", "UNKNOWN") if info.get("statename") in PROCESS_STATES else "UNKNOWN"
     if state == "STARTING":
         return previous or ProcessStatus("STARTING", since=info.get("now", 0))
-    if state == "RUNNING" and previous is not None and previous.state == "EXITED" and previous.pid \
-            and previous.pid == info.get("pid") and info.get("now", 0) - previous.since < REAP_WITHIN:
+    if state == "RUNNING" and previous is not None and previous.seen_dead and previous.pid == info.get("pid") \
+            and info.get("now", 0) - previous.since < REAP_WITHIN:
         return previous  # seen dead by the listener (died()), not reaped by supervisord yet
     if previous is not None and previous.state == state and (state != "RUNNING" or previous.pid == info.get("pid")):
         if state == "EXITED" and previous.exitstatus is None:

@@ -516,10 +516,20 @@ class Sync:
         if self.actual is None:  # the agent went away meanwhile: the backoff decides what comes next
             return applied
         self._maintained = any(have.maintenance is not None for have in self.actual.values())
-        self._heartbeat_due = self._next_heartbeat_due(now)
+        self._heartbeat_due = min(self._next_heartbeat_due(now), self._next_note_due(desired, now))
         self.scripts.want(self.configuration.services, self.registrations, self.statuses, self.actual)
         self._look_at_checks()
         return applied
+
+    def _next_note_due(self, desired: dict[str, Desired], now: float) -> float:
+        """When a note the plan held back (a failing check's new note waits NOTE_EVERY
+        after the last write) falls due: a quiet round would otherwise never send it."""
+        assert self.actual is not None
+        due = [have.updated_at + plan.NOTE_EVERY for sid, want in desired.items()
+               if (have := self.actual.get(sid)) is not None
+               and isinstance(shown := want.shown(have.maintenance is not None), health.Health)
+               and have.status == shown.status and have.output != shown.note]
+        return max(min(due, default=math.inf), now)
 
     def _next_heartbeat_due(self, now: float) -> float:
         """When the next TTL check falls due: the loop wakes then, rather than on a

@@ -420,7 +420,7 @@ def test_a_death_seen_first_shows_as_supervisords_exited_will():
     assert killed.exits == (NOW + 1,)
     # supervisord's own event for the same exit then changes nothing, and is not a second exit.
     told = fold(killed, change("EXITED", "RUNNING", 42, expected=False), NOW + 2)
-    assert told == killed
+    assert told == replace(killed, seen_dead=False)  # the same exit, now told by supervisord too
 
 
 def test_a_clean_exit_seen_first_is_expected_by_exitcodes():
@@ -443,3 +443,9 @@ def test_a_death_supervisord_still_denies_seconds_later_was_no_death():
     killed = died(after(change("RUNNING", "STARTING", 42)), -1, spec(), NOW)
     alive = from_info(killed, {"statename": "RUNNING", "pid": 42, "now": NOW + 10}, spec())
     assert (alive.state, alive.pid) == ("RUNNING", 42)
+
+
+def test_two_exited_events_of_one_pid_are_two_exits_unless_the_listener_saw_the_first():
+    first = after(change("RUNNING", "STARTING", 42), change("EXITED", "RUNNING", 42, expected=False))
+    again = fold(first, change("EXITED", "RUNNING", 42, expected=False), NOW + 1)
+    assert len(again.exits) == 2 and again.since == NOW + 1
