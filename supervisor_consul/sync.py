@@ -284,12 +284,12 @@ class Sync:
     def _load_configuration(self) -> None:
         """Read the configuration when its files changed (editing a [consul:*] section
         gives supervisord nothing to report, so no event would say), or when asked to."""
+        now = config.stamp(self.configuration.watched if self.configuration else (self.configfile,))
         if self.configuration is not None and self.configuration.files and not self._read_config_anyway \
-                and config.stamp(self.configuration.watched) == self._config_stamp:
+                and now == self._config_stamp:
             return
         self._read_config_anyway = False
-        before = dict((path, rest) for path, *rest in
-                      config.stamp(self.configuration.watched if self.configuration else (self.configfile,)))
+        before = {path: rest for path, *rest in now}
         configuration = self._read_config(self.configfile)
         after = config.stamp(configuration.watched)
         # A file changed while it was read is read again next time.
