@@ -1,6 +1,7 @@
 """The requests a process made to the Consul agent, as bench/instrument/sitecustomize.py logs them."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pathlib
@@ -18,6 +19,7 @@ class Request:
     method: str
     url: str
     status: int
+    body: bytes | None = None
 
     @property
     def kind(self) -> str:
@@ -57,8 +59,9 @@ class RequestLog:
             return []
         found = []
         for line in data[:data.rfind(b"\n") + 1].decode().splitlines():
-            at, duration, method, url, status = line.split(" ")
-            found.append(Request(float(at), float(duration), method, url, int(status)))
+            at, duration, method, url, status, *body = line.split(" ")
+            found.append(Request(float(at), float(duration), method, url, int(status),
+                                 base64.b64decode(body[0]) if body else None))
         return found
 
 
