@@ -161,12 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    try:
-        configfile = config.locate(args.configuration)
-    except config.ConfigNotFound as exc:
-        print(f"supervisor-consul: {exc}", file=sys.stderr)
+    if (located := config.read_located(args.configuration)) is None:
         return 2
-    configuration = config.read(configfile)
+    configfile, configuration = located
     if args.json and not args.show:
         print("supervisor-consul: check: --json goes with --show", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ import os
 import platform
 
 import shlex
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,6 +172,17 @@ def locate(explicit: str | None = None, parent_pid: int | None = None) -> str:
             return os.path.abspath(path)
     raise ConfigNotFound(
         "cannot find supervisord's configuration: pass -c PATH (e.g. -c /etc/supervisor/supervisord.conf)")
+
+
+def read_located(explicit: str | None) -> tuple[str, Configuration] | None:
+    """`locate(explicit)` and read it, for a command: None after saying on stderr
+    that there is none to read (the command then exits 2)."""
+    try:
+        configfile = locate(explicit)
+    except ConfigNotFound as exc:
+        print(f"supervisor-consul: {exc}", file=sys.stderr)
+        return None
+    return configfile, read(configfile)
 
 
 def configfile_of_process(pid: int) -> str | None:

@@ -84,12 +84,9 @@ def split_extra(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def run(args: argparse.Namespace, execvp: Callable[[str, Sequence[str]], None] = os.execvp) -> int:
-    try:
-        configfile = config.locate(args.configuration)
-    except config.ConfigNotFound as exc:
-        print(f"supervisor-consul: {exc}", file=sys.stderr)
+    if (located := config.read_located(args.configuration)) is None:
         return 2
-    configuration = config.read(configfile)
+    _, configuration = located
     argv = command(args, configuration, platform.node())
     if isinstance(argv, str):
         print(f"supervisor-consul connect-proxy: {argv}", file=sys.stderr)
