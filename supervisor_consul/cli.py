@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from . import __version__, config, connect_proxy, draining, durations, logtext, maintenance, show, snapshot, status
+from . import __version__, config, connect_proxy, draining, durations, logtext, maintenance, migrate, show, snapshot, status
 from .agent import Agent
 from .connection import SETTINGS, Connection, SettingError, connection
 from .exit_watch import ExitWatch
@@ -79,6 +79,19 @@ def parser() -> argparse.ArgumentParser:
     maint.set_defaults(run=run_maint)
     connect_proxy.add_parser(commands, _configuration_option)
     _drain_commands(commands)
+
+    migrate_ = commands.add_parser(
+        "migrate-ianitor", help="unwrap programs run by ianitor into [consul:*] sections",
+        description="Every [program:*] whose command runs ianitor gets the wrapped command back and a "
+                    "[consul:PROGRAM] section with ianitor's name, port, tags, address and ttl; the listener's "
+                    "stanza (and [rpcinterface:supervisor]) are added when missing.  Prints the unified diff "
+                    "and what does not carry over; --write applies it (a backup beside each file) and checks "
+                    "the result, putting every file back if the check fails.  Exit 0 all migrated, 1 when a "
+                    "program is left as it is or nothing could be written, 2 when the configuration cannot "
+                    "be read.")
+    _configuration_option(migrate_)
+    migrate_.add_argument("--write", action="store_true", help="apply the changes (default: print the diff)")
+    migrate_.set_defaults(run=lambda args: migrate.run(args, platform.node()))
     return top
 
 

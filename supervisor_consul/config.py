@@ -69,6 +69,7 @@ class Configuration:
         return (*self.files, *self.include_dirs)
     server_configs: tuple[dict[str, Any], ...] = ()
     listeners: tuple[str, ...] = ()  # namespecs of the event listeners that run `supervisor-consul listen`
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # process group -> its processes' names
 
     def of_process(self, namespec: str) -> tuple[ServiceSpec, ...]:
         """The services registered for one process: its [consul:PROGRAM] first, then its further ones."""
@@ -141,7 +142,15 @@ def read(configfile: str) -> Configuration:
         listeners=tuple(make_namespec(group.name, process.name)
                         for group in options.process_group_configs if isinstance(group, EventListenerPoolConfig)
                         for process in group.process_configs if runs_listener(process.command)),
+        groups=_groups(running),
     )
+
+
+def _groups(running: dict[tuple[str, str], Any]) -> dict[str, tuple[str, ...]]:
+    groups: dict[str, list[str]] = {}
+    for group, process in running:
+        groups.setdefault(group, []).append(process)
+    return {group: tuple(processes) for group, processes in groups.items()}
 
 
 def runs_listener(command: str) -> bool:
