@@ -20,6 +20,7 @@ test: venv
 	scripts/get-dig >/dev/null
 	scripts/get-haproxy >/dev/null
 	scripts/get-chromium >/dev/null
+	scripts/get-ianitor >/dev/null
 	$(BIN)/python -m pytest
 
 # The fault suite alone, with the full 10-minute churn soak; ends with the report table.

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import configparser
 import difflib
+import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
 
 from supervisor_consul import config, ianitor, layout, migrate, stanza
 from tests.dig import dig, srv_ports
-from tests.harness import LOOPBACK, ConsulAgent, free_port, run_cli, wait_for
+from tests.harness import LOOPBACK, ConsulAgent, fetched, free_port, run_cli, wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -175,11 +177,13 @@ def test_migrate_write_then_update_makes_them_passing(tmp_path, supervisord_fact
 
 
 def run_the_migration(tmp_path, agent: ConsulAgent, supervisord_factory):
+    ianitor_dir = fetched("get-ianitor")
     web_port = free_port()
     at = f"--consul-agent {agent.http_addr}"
+    # On PATH and by path (ianitor 0.1.0 has no __main__: `python -m ianitor` is read, but cannot run).
     included = ("# a program of its own\n[program:sleeper]\n"
-                f"command=python3 -m ianitor {at} --ttl=30 sleeper -- sleep 600\nstartsecs=1\n")
-    web = (f"/usr/local/bin/ianitor {at} --tags http --tags=v1 --address {LOOPBACK} --port {web_port} "
+                f"command=ianitor {at} --ttl=30 sleeper -- sleep 600\nstartsecs=1\n")
+    web = (f"{ianitor_dir}/ianitor {at} --tags http --tags=v1 --address {LOOPBACK} --port {web_port} "
            f"--heartbeat 2 web -- {sys.executable} -m http.server {web_port} --bind {LOOPBACK}")
     programs = (
         f"[program:netcat]\ncommand=ianitor {at} --port 9999 netcat -- nc -l 9999\nautorestart=true\n\n"
@@ -189,7 +193,10 @@ def run_the_migration(tmp_path, agent: ConsulAgent, supervisord_factory):
     workdir = tmp_path / "sv0"
     (workdir / "conf.d").mkdir(parents=True)
     (workdir / "conf.d" / "sleeper.conf").write_text(included)
-    sv = supervisord_factory(programs)
+    sv = supervisord_factory(programs, env={"PATH": f"{ianitor_dir}:{os.environ['PATH']}"})
+    # Before: ianitor registers them, but its TTL passes are GETs, which the agent refuses.
+    wait_for(lambda: {"netcat", "web", "sleeper"} <= set(agent.services()), timeout=30, message="ianitor's own")
+    assert agent.checks()["service:netcat"]["Status"] == "critical"
     files = {path: pathlib.Path(path).read_bytes() for path in (sv.conf, workdir / "conf.d" / "sleeper.conf")}
 
     done = run_cli("migrate-ianitor", "-c", str(sv.conf), "--write")
@@ -209,17 +216,24 @@ def run_the_migration(tmp_path, agent: ConsulAgent, supervisord_factory):
     for verb in ("reread", "update"):
         result = sv.ctl(verb)
         assert result.returncode == 0, result
+
     def passing(name: str, port: int | None = None):
-        entries = agent.health(name)
-        ok = [e for e in entries if all(c["Status"] == "passing" for c in e["Checks"])]
+        ok = [entry for entry in agent.health(name) if all(c["Status"] == "passing" for c in entry["Checks"])]
         return ok if ok and (port is None or ok[0]["Service"]["Port"] == port) else None
 
     netcat = wait_for(lambda: passing("netcat", 9999), timeout=60, message="netcat passing")
-    web = wait_for(lambda: passing("web", web_port), timeout=60, message="web passing")
+    web_entries = wait_for(lambda: passing("web", web_port), timeout=60, message="web passing")
     wait_for(lambda: passing("sleeper"), timeout=60, message="sleeper passing")
     assert netcat[0]["Service"]["ID"].startswith("supervisord:")
-    assert web[0]["Service"]["Tags"] == ["http", "v1"] and web[0]["Service"]["Address"] == LOOPBACK
+    assert web_entries[0]["Service"]["Tags"] == ["http", "v1"]
+    assert web_entries[0]["Service"]["Address"] == LOOPBACK
     assert srv_ports(wait_for(lambda: dig(LOOPBACK, agent.dns_port, "netcat.service.consul", "SRV") or None,
                               timeout=20)) == [9999]
     assert sv.state("broken") != "RUNNING"
-    assert not agent.health("broken")
+
+    # ianitor's own registration stays behind, as the migration says; its command removes it.
+    assert "consul services deregister -id netcat" in done.stdout
+    assert agent.checks()["service:netcat"]["Status"] == "critical"
+    subprocess.run([agent.binary, "services", "deregister", f"-http-addr={agent.http_addr}", "-id", "netcat"],
+                   check=True, capture_output=True, timeout=30)
+    assert "netcat" not in agent.services()
