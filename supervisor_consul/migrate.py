@@ -178,7 +178,10 @@ def plan(configuration: config.Configuration, texts: dict[str, str], host: str, 
         _add_sections(result, configuration, places, lines, edits, listener_command, next(iter(agents)))
     for path, changes in edits.items():
         changed = list(lines[path])
-        for span, new in sorted(changes, key=lambda change: change[0].start, reverse=True):
+        # From the bottom up, so that each span is still where it was; of two insertions at one
+        # line the later goes in first, ending up below the earlier.
+        for _, (span, new) in sorted(enumerate(changes), key=lambda change: (change[1][0].start, change[0]),
+                                     reverse=True):
             changed[span.start:span.stop] = new
         result.after[path] = "".join(changed)
     return result
