@@ -80,6 +80,9 @@ class Configuration:
         return next(iter(self.of_process(namespec)), None)
 
 
+PROGRAM_KINDS = ("program", "fcgi-program")  # the sections a [consul:PROGRAM] may stand beside
+
+
 class ConfigNotFound(Exception):
     pass
 
@@ -486,7 +489,7 @@ def _program_sections(parser: Any, program: str) -> list[str]:
     sections = []
     for section in parser.sections():
         kind, colon, name = section.partition(":")
-        if colon and kind in ("program", "fcgi-program") and name.strip() == program:
+        if colon and kind in PROGRAM_KINDS and name.strip() == program:
             sections.append(section)
     return sections
 

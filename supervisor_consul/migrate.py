@@ -22,9 +22,6 @@ from dataclasses import dataclass, field
 from . import config, ianitor, instance, layout, stanza, values
 from .values import Invalid
 
-PROGRAM_KINDS = ("program", "fcgi-program")
-
-
 @dataclass(frozen=True)
 class Found:
     """A program that runs ianitor, and what it becomes."""
@@ -37,7 +34,7 @@ class Found:
 
     @property
     def program(self) -> str:
-        return self.section.split(":", 1)[1]
+        return self.section.split(":", 1)[1].strip()
 
 
 @dataclass(frozen=True)
@@ -128,7 +125,8 @@ def plan(configuration: config.Configuration, texts: dict[str, str], host: str, 
     agents: dict[tuple[str, int], list[str]] = {}
     for section, paths in defined.items():
         kind, _, program = section.partition(":")
-        if kind not in PROGRAM_KINDS or "command" not in places[paths[0]][section].keys:
+        program = program.strip()  # as supervisord reads [program: web]
+        if kind not in config.PROGRAM_KINDS or "command" not in places[paths[0]][section].keys:
             continue
         path = paths[0]
         place = places[path][section]
