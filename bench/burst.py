@@ -19,20 +19,20 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import requests
 
 from bench.report import Row
+from bench.topology import TOPOLOGIES, Dev, Topology
 from supervisor_consul import instance
 from supervisor_consul.claim import Incarnation
 from supervisor_consul.config import Configuration
 from supervisor_consul.health import CRITICAL, PASSING
 from supervisor_consul.sending import WORKERS
 from supervisor_consul.spec import ServiceSpec
-from bench.topology import TOPOLOGIES, Dev, Topology
 from tests.harness import ConsulAgent, Supervisord, listener, wait_for
 
 SIZES = (100, 300, 1000)

@@ -283,8 +283,8 @@ def per_event_calls(steps: list[Step], registrations: dict[str, instance.Registr
     registered: set[str] = set()
 
     def update(sid: str, verb: str, note: str) -> None:
-        calls.append(("PUT", f"/v1/agent/check/{verb}/{instance.ttl_check_id(sid)}?{urllib.parse.urlencode({'note': note})}",
-                      None))
+        query = urllib.parse.urlencode({"note": note})
+        calls.append(("PUT", f"/v1/agent/check/{verb}/{instance.ttl_check_id(sid)}?{query}", None))
 
     for step in steps:
         sid = instance.service_id(owner, step.name)
@@ -346,7 +346,8 @@ def measure(count: int, total: int, pyspy: str | None = None) -> list[Row]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPERVISOR_", "CONSUL_"))}
         listener = subprocess.Popen(
             [sys.executable, "-m", "supervisor_consul", "listen", "-c", str(conf), "--http-addr", agent.http_addr],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, bufsize=0, env=requestlog.environment(log.path, env), cwd=str(workdir))
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, bufsize=0,
+            env=requestlog.environment(log.path, env), cwd=str(workdir))
         feeder = Feeder(listener)
         if pyspy:
             pathlib.Path(pyspy).mkdir(parents=True, exist_ok=True)

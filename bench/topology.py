@@ -16,7 +16,8 @@ import json
 import pathlib
 import time
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bench.requestlog import AGENT_ARGS
 from tests.cluster import ClusterAgent, Ports, free_port_run

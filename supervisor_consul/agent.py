@@ -16,14 +16,25 @@ import requests
 import urllib3
 
 from .acl_token import Token
+from .claim import INCARNATION_META, Incarnation, Seen
 from .connection import OPENSSL_SOURCE_LINE, Connection, TLSAdapter, trust
 from .health import CRITICAL, PASSING, WARNING, Health
+from .instance import (
+    ID_PREFIX,
+    MAINTENANCE_PREFIX,
+    OWNER_META,
+    SPEC_META,
+    Registration,
+    claim_check_id,
+    claim_id,
+    is_owned,
+    maintenance_reason,
+    named_checks,
+    ttl_check_id,
+)
 from .logtext import escaped
-from .claim import INCARNATION_META, Incarnation, Seen
-from .instance import (ID_PREFIX, MAINTENANCE_PREFIX, OWNER_META, SPEC_META, Registration, claim_check_id, claim_id,
-                       is_owned, maintenance_reason, named_checks, ttl_check_id)
 from .plan import Actual, Written
-from .transport import MiB, BoundedAdapter, DeadlineExceeded, ResponseTooLarge
+from .transport import BoundedAdapter, DeadlineExceeded, MiB, ResponseTooLarge
 
 log = logging.getLogger("supervisor_consul")
 TIMEOUT = 5.0  # seconds; the sync loop must never hang on a dead agent
@@ -221,8 +232,8 @@ class Agent:
                               f"is it running? retrying", unreachable=True) from exc
         except OSError as exc:
             # requests raises a bare OSError when a TLS file it was given has gone since start.
-            raise self._error(f"cannot reach the Consul agent at {self.endpoint}: {_text(exc, self.conn.token)}; check --ca-file, "
-                              f"--client-cert and --client-key", unreachable=True) from exc
+            raise self._error(f"cannot reach the Consul agent at {self.endpoint}: {_text(exc, self.conn.token)}; "
+                              f"check --ca-file, --client-cert and --client-key", unreachable=True) from exc
 
     def _error(self, message: str, **kwargs: Any) -> ConsulError:
         # The agent or a proxy in front of it might echo a request header back.

@@ -12,7 +12,19 @@ import threading
 import time
 from collections.abc import Sequence
 
-from . import __version__, config, connect_proxy, draining, durations, logtext, maintenance, migrate, show, snapshot, status
+from . import (
+    __version__,
+    config,
+    connect_proxy,
+    draining,
+    durations,
+    logtext,
+    maintenance,
+    migrate,
+    show,
+    snapshot,
+    status,
+)
 from .agent import Agent
 from .connection import SETTINGS, Connection, SettingError, connection
 from .exit_watch import ExitWatch

@@ -15,7 +15,6 @@ import getopt
 import glob
 import os
 import platform
-
 import shlex
 import sys
 from collections.abc import Iterator
@@ -28,8 +27,8 @@ from supervisor.options import EventListenerPoolConfig, ServerOptions, expand, m
 
 from . import schema
 from .section import short, spec_of
-from .values import SERVICE_KEY
 from .spec import ServiceSpec
+from .values import SERVICE_KEY
 
 SECTION_PREFIX = "consul:"
 
@@ -205,7 +204,7 @@ def configfile_of_process(pid: int) -> str | None:
         cwd = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         return None
-    for index, arg in enumerate(argv):
+    for index, arg in enumerate(argv):  # noqa: B007 - index is read after the loop
         if os.path.basename(arg) == "supervisord" or arg == "supervisor.supervisord":
             break
     else:
@@ -250,7 +249,7 @@ class _Reader(ServerOptions):
 _UNHOSED = supervisor_options.UnhosedConfigParser  # supervisor's own, before _case_preserving_meta_keys
 
 
-class _MetaCaseParser(_UNHOSED):
+class _MetaCaseParser(_UNHOSED):  # type: ignore[valid-type,misc]
     """Keeps the case of `meta.KEY` keys (Consul meta keys are case-sensitive)
     and of header names (sent as written): schema.CASE_KEPT.
 

@@ -15,6 +15,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import config, instance
 from .agent import Agent, ConsulError
@@ -25,7 +26,8 @@ from .spec import Connect
 def add_parser(commands: argparse._SubParsersAction, configuration_option: Callable[[argparse.ArgumentParser], None]
                ) -> None:
     proxy = commands.add_parser(
-        "connect-proxy", usage="%(prog)s NAMESPEC [--envoy] [--consul PATH] [--http-addr ADDR] [-c PATH] [-- ARG ...]", help="run the Consul Connect sidecar proxy of a process's instance (connect = sidecar)",
+        "connect-proxy", usage="%(prog)s NAMESPEC [--envoy] [--consul PATH] [--http-addr ADDR] [-c PATH] [-- ARG ...]",
+        help="run the Consul Connect sidecar proxy of a process's instance (connect = sidecar)",
         description="Exec `consul connect proxy -sidecar-for ID` (or `consul connect envoy` with --envoy) for "
                     "the instance of NAMESPEC, as a supervisord program; arguments after -- go to consul.  "
                     "The consul command reads CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN_FILE ... itself.")
@@ -83,7 +85,7 @@ def split_extra(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def run(args: argparse.Namespace, execvp: Callable[[str, Sequence[str]], None] = os.execvp) -> int:
+def run(args: argparse.Namespace, execvp: Callable[..., Any] = os.execvp) -> int:
     if (located := config.read_located(args.configuration)) is None:
         return 2
     _, configuration = located

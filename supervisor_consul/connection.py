@@ -17,9 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .transport import BoundedAdapter
-
 from . import acl_token
+from .transport import BoundedAdapter
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:8500"
 OPENSSL_SOURCE_LINE = re.compile(r"\s*\(_ssl\.c:\d+\)")  # OpenSSL's source line, noise to a user
@@ -109,7 +108,8 @@ def connection(http_addr: str | None = None, token: str | None = None, token_fil
     client_cert = _option(client_cert, env, "CONSUL_CLIENT_CERT")
     client_key = _option(client_key, env, "CONSUL_CLIENT_KEY")
     if bool(client_cert) != bool(client_key):
-        raise SettingError("--client-cert and --client-key (CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY) go together; give both")
+        raise SettingError("--client-cert and --client-key (CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY) go together; "
+                           "give both")
     ca_file = _option(ca_file, env, "CONSUL_CACERT")
     ca_path = _option(ca_path, env, "CONSUL_CAPATH")
     verify = _flag(env, "CONSUL_HTTP_SSL_VERIFY", True)

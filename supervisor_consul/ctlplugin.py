@@ -144,7 +144,8 @@ class ConsulControllerPlugin(ControllerPluginBase):
                         f"plugin; use {', '.join(SETTINGS)}"], 2)
             return None
         try:
-            conn = connection(**{key: self.settings.get(key) for key in SETTINGS})
+            settings: dict[str, Any] = {key: self.settings.get(key) for key in SETTINGS}
+            conn = connection(**settings)
             return snapshot.take(self.ctl.options.configfile, conn, _Supervisord(self.ctl))
         except SettingError as exc:
             self._say([f"{self.ctl.options.configfile}: [ctlplugin:consul]: {exc}"], 2)

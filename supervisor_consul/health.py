@@ -48,8 +48,8 @@ from typing import Any, Final
 
 from supervisor.options import decode_wait_status
 
-from .spec import OnFatal, ServiceSpec
 from .events import PROCESS_STATES, ProcessStateChange
+from .spec import OnFatal, ServiceSpec
 
 PASSING: Final = "passing"
 WARNING: Final = "warning"

@@ -188,7 +188,7 @@ def of(spec: ServiceSpec, owner: str, host: str, claimed: bool = False) -> Regis
         if spec.deregister_after is not None:
             alias["DeregisterCriticalServiceAfter"] = spec.deregister_after
         checks.append(tuple(alias.items()))
-    extra = []
+    extra: list[tuple[str, Any]] = []
     if spec.weights is not None:
         extra.append(("Weights", (("Passing", spec.weights[0]), ("Warning", spec.weights[1]))))
     if spec.enable_tag_override:
@@ -284,9 +284,9 @@ def of_claim(owner: str, host: str, configuration: Configuration, incarnation: c
                  "TTL": ttl}
     if deregister_after is not None:
         ttl_check["DeregisterCriticalServiceAfter"] = deregister_after
-    fields = dict(service_id=cid, name=claim.SERVICE, port=0, address="", tags=(), meta=meta,
-                  checks=(tuple(ttl_check.items()),), ttl_check_id=claim_check_id(owner),
-                  ttl_seconds=durations.seconds(ttl))
+    fields: dict[str, Any] = dict(service_id=cid, name=claim.SERVICE, port=0, address="", tags=(), meta=meta,
+                                  checks=(tuple(ttl_check.items()),), ttl_check_id=claim_check_id(owner),
+                                  ttl_seconds=durations.seconds(ttl))
     return Registration(**fields, fingerprint=_fingerprint(fields))
 
 

@@ -18,9 +18,9 @@ from supervisor.options import make_namespec
 
 from . import instance
 from .agent import ConsulError
-from .spec import ServiceSpec
 from .rpc import SupervisorError
 from .snapshot import Snapshot
+from .spec import ServiceSpec
 
 
 def select(services: dict[str, ServiceSpec], names: Sequence[str]) -> tuple[list[ServiceSpec], list[str]]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from . import config, ianitor, instance, layout, stanza, values
 from .values import Invalid
 
+
 @dataclass(frozen=True)
 class Found:
     """A program that runs ianitor, and what it becomes."""
@@ -158,7 +159,8 @@ def plan(configuration: config.Configuration, texts: dict[str, str], host: str, 
             continue
         group = program  # a [group:] of its own may hold it; check --show tells then
         ids = [instance.service_id(owner, f"{group}:{process}") for process in configuration.groups.get(group, ())]
-        found = Found(path, section, wrapped, keys, notes(wrapped, ids or [instance.service_id(owner, f"{group}:{program}")]))
+        ids = ids or [instance.service_id(owner, f"{group}:{program}")]
+        found = Found(path, section, wrapped, keys, notes(wrapped, ids))
         result.migrated.append(found)
         agents.setdefault(wrapped.consul_agent or ianitor.DEFAULT_AGENT, []).append(section)
         separator = "=" if head.rstrip().endswith("=") and not head.endswith(" ") else " = "

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import health
+from .health import CRITICAL, KEEP, PASSING, Health, ProcessStatus, Wanted
 from .instance import Registration
 from .spec import ServiceSpec
-from .health import CRITICAL, KEEP, PASSING, Health, ProcessStatus, Wanted
 
 HEARTBEATS_PER_TTL = 3  # a heartbeat every ttl/3: two can be lost before the check expires
 # A failing check's note can churn (a crash loop's count, exit statuses): a new note

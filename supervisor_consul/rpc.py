@@ -133,7 +133,8 @@ class Supervisor:
             return getattr(proxy.supervisor, method)(*args)
         except xmlrpc.client.ProtocolError as exc:
             hint = f"; {self._credentials_hint()}" if exc.errcode == 401 else ""
-            raise SupervisorError(f"supervisord at {self.url} refused {method}: {exc.errcode} {exc.errmsg}{hint}") from exc
+            raise SupervisorError(
+                f"supervisord at {self.url} refused {method}: {exc.errcode} {exc.errmsg}{hint}") from exc
         except xmlrpc.client.Fault as exc:
             raise SupervisorError(f"supervisord at {self.url} answered {method}: {exc.faultString}") from exc
         except (OSError, ValueError, http.client.HTTPException, ExpatError) as exc:

@@ -17,10 +17,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from .spec import CheckKind
-from .values import (CHECK_FORMS, address, check_target, connect, count, deregister_after, duration, flag,
-                     header_value, meta_value, method, on_fatal, optional_port, plain, positive_count, single_check, tagged_address,
-                     tags, ttl, upstreams, wait, weight)
-
+from .values import (
+    CHECK_FORMS,
+    address,
+    check_target,
+    connect,
+    count,
+    deregister_after,
+    duration,
+    flag,
+    header_value,
+    meta_value,
+    method,
+    on_fatal,
+    optional_port,
+    plain,
+    positive_count,
+    single_check,
+    tagged_address,
+    tags,
+    ttl,
+    upstreams,
+    wait,
+    weight,
+)
 
 PLACEHOLDERS = {"NAME": r"([^.]+)", "KEY": r"(.+)", "HEADER": r"(.+)"}
 Applies = frozenset[CheckKind]

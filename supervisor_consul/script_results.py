@@ -16,8 +16,8 @@ from . import durations, instance
 from .health import Health, ProcessStatus
 from .instance import Registration
 from .plan import Actual
-from .spec import CheckKind, CheckSpec, ServiceSpec
 from .script_check import Script, Scripts
+from .spec import CheckKind, CheckSpec, ServiceSpec
 
 
 @dataclass(frozen=True)

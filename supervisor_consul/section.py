@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .schema import ALL_KINDS, BY_NAME, KEYS, RESERVED_META, MAX_META_PAIRS, Key, applies_to, key_of, known_keys
+from .schema import ALL_KINDS, BY_NAME, KEYS, MAX_META_PAIRS, RESERVED_META, Key, applies_to, key_of, known_keys
 from .spec import CheckSpec, Connect, ServiceSpec, TaggedAddress
 from .values import CHECK_NAME, DNS_NAME, HTTP_TOKEN, META_KEY, Invalid, of_version
 

@@ -12,11 +12,10 @@ import platform
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import config, instance
+from . import config, instance, rpc
 from .agent import Agent, ConsulError
 from .config import Configuration
 from .connection import Connection
-from . import rpc
 from .rpc import SupervisorError
 
 Owned = dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]  # service ID -> (service, its checks)

@@ -15,9 +15,9 @@ from typing import Any
 from supervisor.options import make_namespec
 
 from . import health, instance, plan
-from .spec import ServiceSpec
 from .logtext import escaped
 from .snapshot import Snapshot
+from .spec import ServiceSpec
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ def _drift(registration: instance.Registration, have: tuple[dict[str, Any], list
         return ""  # STARTING: the listener leaves Consul as it is, so is Consul right by definition
     if want is None:
         return "registered, should not be" if have is not None else ""
+    assert isinstance(want, health.Health)
     if have is None:
         return "not registered" if want.registers else ""
     service, checks = have

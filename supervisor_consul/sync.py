@@ -24,6 +24,7 @@ from supervisor.options import make_namespec
 
 from . import acl_token, claim, config, health, instance, plan, sending
 from .agent import REFUSED_RETRY, Agent, ConsulError
+from .check_restart import Restart, Restarts
 from .conditions import Conditions
 from .config import Configuration
 from .events import GroupsChanged, Hint, ProcessStateChange, SupervisorStateChange
@@ -33,10 +34,9 @@ from .holder import Holder
 from .inbox import Batch, Inbox
 from .instance import Registration
 from .plan import Actual, Deregister, Desired, Operation, Register, UpdateTTL, Written
-from .check_restart import Restart, Restarts
+from .rpc import Supervisor, SupervisorError, Waker, for_configuration
 from .script_results import ScriptChecks, ScriptResult
 from .spec import CheckKind, CheckSpec, ServiceSpec
-from .rpc import Supervisor, SupervisorError, Waker, for_configuration
 from .waking import RunningWakeup
 
 RECONCILE_EVERY = 60.0
@@ -504,15 +504,15 @@ class Sync:
         self._watch_lag(heartbeats, now)
         # Registrations first (in the plan's order), then the heartbeats, most urgent first.
         ready = [op for op in ready if not isinstance(op, UpdateTTL)] + heartbeats
-        for operation, exc in zip(ready, self._sender.send_all(ready)):
-            if exc is None:
+        for operation, failure in zip(ready, self._sender.send_all(ready)):
+            if failure is None:
                 self._record(operation, now)
                 applied += 1
-            elif exc.unreachable:
-                self._agent_failed(exc)
+            elif failure.unreachable:
+                self._agent_failed(failure)
                 break
             else:
-                self._operation_failed(operation, exc)
+                self._operation_failed(operation, failure)
         if self.actual is None:  # the agent went away meanwhile: the backoff decides what comes next
             return applied
         self._maintained = any(have.maintenance is not None for have in self.actual.values())
@@ -661,6 +661,7 @@ class Sync:
 def _claim_deregister_after(configuration: Configuration) -> str | None:
     """After every instance's own: none if any instance is never reaped (`off`)."""
     limits = [spec.deregister_after_seconds for spec in configuration.services.values()]
-    if any(limit is None for limit in limits):
+    known = [limit for limit in limits if limit is not None]
+    if len(known) < len(limits):
         return None
-    return f"{int(max(limits, default=0) + CLAIM_REAPED_AFTER_INSTANCES)}s"
+    return f"{int(max(known, default=0) + CLAIM_REAPED_AFTER_INSTANCES)}s"

@@ -247,7 +247,8 @@ class BoundedAdapter(HTTPAdapter):
             parts = [t for t in timeout if isinstance(t, (int, float))]
             return sum(parts) if parts else self.default_timeout
         if isinstance(timeout, Timeout):
-            return timeout.total if timeout.total is not None else self.default_timeout
+            total = timeout.total
+            return total if isinstance(total, (int, float)) else self.default_timeout
         return float(timeout) if timeout is not None else self.default_timeout
 
     def _read_body(self, response: requests.Response) -> None:

@@ -14,9 +14,9 @@ import math
 import time
 from collections.abc import Callable
 
-from .spec import ServiceSpec
 from .events import ProcessStateChange
 from .rpc import Supervisor
+from .spec import ServiceSpec
 
 WAKE_MARGIN = 0.0005  # seconds past startsecs before waking supervisord: float rounding (see RunningWakeup.expect)
 

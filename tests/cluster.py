@@ -187,7 +187,7 @@ class Cluster:
         for agent in reversed(self.agents):
             agent.stop()
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         self.start()
         return self
 

@@ -20,7 +20,8 @@ import time
 import urllib.parse
 import urllib.request
 import xmlrpc.client
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -106,7 +107,7 @@ def fetched(script: str, *args: str) -> str:
     return lines[-1].strip()
 
 
-def listener(agent: "ConsulAgent", buffer_size: int = 10, priority: int = -2, log_level: str = "debug",
+def listener(agent: ConsulAgent, buffer_size: int = 10, priority: int = -2, log_level: str = "debug",
              module: str = "-m supervisor_consul") -> str:
     """The [eventlistener:consul] stanza the issue asks to work (the README's), with
     supervisord's default buffer, the listener's log in %(here)s/listener.log.
@@ -129,12 +130,12 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           timeout=60, stdin=subprocess.DEVNULL, env=env)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def consul_binary() -> str:
     return fetched("get-consul")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def nc_dir() -> str:
     """A directory holding an OpenBSD `nc`."""
     return fetched("get-nc")
@@ -410,7 +411,7 @@ class ConsulAgent:
                 out.extend(rd.to_text() for rd in rrset)
         return out
 
-    def __enter__(self) -> "ConsulAgent":
+    def __enter__(self) -> ConsulAgent:
         self.start()
         return self
 
@@ -594,7 +595,7 @@ class Supervisord:
         except FileNotFoundError:
             return ""
 
-    def __enter__(self) -> "Supervisord":
+    def __enter__(self) -> Supervisord:
         self.start()
         return self
 

@@ -31,7 +31,8 @@ import pathlib
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -48,7 +48,7 @@ class TestCA:
         self.name = name
         self._key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self._cert = (x509.CertificateBuilder()
                       .subject_name(subject).issuer_name(subject)
                       .public_key(self._key.public_key())
@@ -69,7 +69,7 @@ class TestCA:
     def issue(self, name: str, ips: tuple[str, ...] = (LOOPBACK,), dns: tuple[str, ...] = ("localhost",),
               client: bool = False) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
         usage = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [ExtendedKeyUsageOID.SERVER_AUTH,
@@ -242,7 +242,7 @@ class CountingProxy:
             with contextlib.suppress(OSError):
                 sink.shutdown(socket.SHUT_WR)
 
-    def __enter__(self) -> "CountingProxy":
+    def __enter__(self) -> CountingProxy:
         self._thread.start()
         return self
 

@@ -10,7 +10,6 @@ import time
 import xmlrpc.client
 
 import pytest
-
 from supervisor.xmlrpc import Faults
 
 from supervisor_consul import draining, instance

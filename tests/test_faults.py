@@ -18,8 +18,17 @@ import pytest
 from requests.adapters import DEFAULT_POOLSIZE
 
 from supervisor_consul import instance
-
-from tests.faults import answer_times, converge, descriptors, drift, listener_pid, overflows, owner_of, rss_and_fds, sigkill
+from tests.faults import (
+    answer_times,
+    converge,
+    descriptors,
+    drift,
+    listener_pid,
+    overflows,
+    owner_of,
+    rss_and_fds,
+    sigkill,
+)
 from tests.harness import ConsulAgent, listener, parent_pid, wait_for
 from tests.test_integration import listener_log, unique
 

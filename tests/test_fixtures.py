@@ -9,7 +9,7 @@ import pathlib
 import signal
 import subprocess
 import sys
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest

@@ -15,8 +15,8 @@ import time
 import urllib.error
 import urllib.request
 
-from tests.harness import free_port_prefix, listener, run_cli, wait_for
 from tests.haproxy import HAProxy, haproxy_version
+from tests.harness import free_port_prefix, listener, run_cli, wait_for
 from tests.http_probe import program_lines, read_records
 from tests.test_integration import unique
 

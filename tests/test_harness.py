@@ -1,8 +1,7 @@
 """The harness itself works for real: Consul agent, DNS, restart, supervisord."""
 from __future__ import annotations
 
-from tests.harness import (ConsulAgent, Supervisord, free_port, pid_alive,
-                           wait_for)
+from tests.harness import ConsulAgent, Supervisord, free_port, pid_alive, wait_for
 
 
 def test_free_port_and_wait_for():

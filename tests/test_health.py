@@ -6,12 +6,28 @@ from dataclasses import replace
 
 import pytest
 
-from supervisor_consul.spec import ServiceSpec
 from supervisor_consul.events import ProcessStateChange
 from supervisor_consul.health import (
-    CRITICAL, FLAP_EXITS, FLAP_HOLD, FLAP_WINDOW, KEEP, MAX_EXITS_KEPT, PASSING, WARNING, Health, ProcessStatus,
-    died, exitstatus_of, flapping, fold, from_info, in_maintenance, wanted, with_exitstatus,
+    CRITICAL,
+    FLAP_EXITS,
+    FLAP_HOLD,
+    FLAP_WINDOW,
+    KEEP,
+    MAX_EXITS_KEPT,
+    PASSING,
+    WARNING,
+    Health,
+    ProcessStatus,
+    died,
+    exitstatus_of,
+    flapping,
+    fold,
+    from_info,
+    in_maintenance,
+    wanted,
+    with_exitstatus,
 )
+from supervisor_consul.spec import ServiceSpec
 
 NOW = 1_800_000_000.0
 

@@ -216,7 +216,7 @@ name={bad}
 port=eighty
 """ + listener(consul_agent))
     wait_passing(consul_agent, good)
-    line = wait_for(lambda: next((l for l in listener_log(sv).splitlines() if "port = 'eighty'" in l), None),
+    line = wait_for(lambda: next((ln for ln in listener_log(sv).splitlines() if "port = 'eighty'" in ln), None),
                     message="the problem in the listener's log")
     assert f"{sv.conf}: [consul:bad] port = 'eighty': port must be a number" in line
     assert listener_log(sv).count("port = 'eighty'") == 1
@@ -245,7 +245,10 @@ def test_check_command_exit_codes(tmp_path):
     good, bad = tmp_path / "good.conf", tmp_path / "bad.conf"
     good.write_text("[supervisord]\n[program:a]\ncommand=sleep 1\n[consul:a]\nport=80\n")
     bad.write_text("[supervisord]\n[program:a]\ncommand=sleep 1\n[consul:a]\nport=80x\ncolour=red\n")
-    run = lambda path: run_cli("check", "-c", str(path))
+
+    def run(path):
+        return run_cli("check", "-c", str(path))
+
     ok = run(good)
     assert ok.returncode == 0 and "OK" in ok.stdout
     failed = run(bad)

@@ -13,8 +13,8 @@ import pytest
 
 from supervisor_consul import health, instance, maintenance, plan
 from supervisor_consul.config import runs_listener
-from supervisor_consul.spec import ServiceSpec
 from supervisor_consul.health import KEEP, WARNING, Health, ProcessStatus
+from supervisor_consul.spec import ServiceSpec
 from tests.faults import converge
 from tests.harness import consul_binary, listener, run_cli, wait_for
 from tests.test_integration import process_check, start_sleeper, status_of, unique

@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 
 from supervisor_consul import health
-from supervisor_consul.spec import CheckKind, CheckSpec, ServiceSpec
 from supervisor_consul.events import ProcessStateChange
 from supervisor_consul.health import CRITICAL, KEEP, PASSING, Health
 from supervisor_consul.instance import is_owned, owner_id
 from supervisor_consul.instance import of as registration
 from supervisor_consul.plan import NOTE_EVERY, Actual, Deregister, Desired, Register, UpdateTTL, plan
+from supervisor_consul.spec import CheckKind, CheckSpec, ServiceSpec
 
 OWNER = "0123456789ab"
 HOST = "node1"

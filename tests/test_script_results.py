@@ -4,8 +4,8 @@ from __future__ import annotations
 from supervisor_consul import instance
 from supervisor_consul.health import CRITICAL, PASSING, WARNING, Health, ProcessStatus
 from supervisor_consul.plan import Actual, Desired, Register, UpdateTTL, Written, plan
-from supervisor_consul.spec import CheckKind, CheckSpec, ServiceSpec
 from supervisor_consul.script_results import ScriptChecks, ScriptResult
+from supervisor_consul.spec import CheckKind, CheckSpec, ServiceSpec
 
 OWNER, HOST = "0123456789ab", "node1"
 SCRIPT = CheckSpec(CheckKind.SCRIPT, "/bin/check --fast", "10s", "5s", "self")

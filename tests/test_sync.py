@@ -8,16 +8,16 @@ from dataclasses import replace
 import pytest
 
 from supervisor_consul import claim, instance
-from supervisor_consul.claim import Seen
 from supervisor_consul.agent import ConsulError
+from supervisor_consul.claim import Seen
 from supervisor_consul.config import Configuration
-from supervisor_consul.spec import ServiceSpec
 from supervisor_consul.events import GroupsChanged, ProcessStateChange, SupervisorStateChange
 from supervisor_consul.exit_watch import ProcessExit
 from supervisor_consul.health import CRITICAL, PASSING, Health
 from supervisor_consul.inbox import Inbox
 from supervisor_consul.plan import Actual
 from supervisor_consul.rpc import SupervisorError
+from supervisor_consul.spec import ServiceSpec
 from supervisor_consul.sync import Sync
 
 CONFIGFILE = "/etc/supervisor/supervisord.conf"

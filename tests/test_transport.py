@@ -25,7 +25,7 @@ import requests
 from supervisor_consul import transport
 from supervisor_consul.agent import Agent, ConsulError
 from supervisor_consul.connection import connection
-from supervisor_consul.transport import MAX_BODY, MiB, BoundedAdapter, DeadlineExceeded, ResponseTooLarge
+from supervisor_consul.transport import MAX_BODY, BoundedAdapter, DeadlineExceeded, MiB, ResponseTooLarge
 from tests.harness import LOOPBACK, free_port, wait_for
 from tests.secure_agent import TestCA
 
@@ -124,7 +124,7 @@ class Endpoint:
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's, even under TLS
         self._server.server_close()
 
-    def __enter__(self) -> "Endpoint":
+    def __enter__(self) -> Endpoint:
         self._thread.start()
         self._listening = True
         return self

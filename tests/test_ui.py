@@ -20,13 +20,13 @@ import shutil
 import signal
 import subprocess
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
+from playwright import sync_api  # noqa: E402  (setup.cfg's test extra; never `playwright install`)
 
 from tests.harness import REPO_ROOT, ConsulAgent, fetched, free_port, free_port_prefix, run_cli, wait_for
-
-from playwright import sync_api  # noqa: E402  (setup.cfg's test extra; never `playwright install`)
 
 SAMPLE = REPO_ROOT / "etc" / "supervisord.conf.sample"
 DOCS = REPO_ROOT / "docs"
@@ -51,13 +51,13 @@ CHECKS = """() => Array.from(document.querySelectorAll('li.healthcheck-output'))
     text: li.innerText}))"""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def chromium_binary() -> str:
     """Absolute path of a Chromium usable headless."""
     return fetched("get-chromium")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def driver_library_dir() -> str | None:
     """Directories to put on LD_LIBRARY_PATH for Playwright's driver, or None if it needs none.
 

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from supervisor_consul.spec import ServiceSpec
 from supervisor_consul.events import ProcessStateChange
 from supervisor_consul.rpc import Supervisor
+from supervisor_consul.spec import ServiceSpec
 from supervisor_consul.waking import WAKE_MARGIN, RunningWakeup
 from tests.test_sync import Clock, service
 
