@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test faults bench demo cluster-demo check clean
+.PHONY: venv test unit lint compat faults bench demo cluster-demo check clean
 
 $(BIN)/.installed: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,8 @@ $(BIN)/.installed: setup.cfg setup.py pyproject.toml
 
 venv: $(BIN)/.installed
 
-test: venv
+# Everything: lint and types, the compatibility runs, then the whole suite.
+test: lint compat
 	scripts/get-consul >/dev/null
 	scripts/get-nc >/dev/null
 	scripts/get-dig >/dev/null
@@ -22,6 +23,22 @@ test: venv
 	scripts/get-chromium >/dev/null
 	scripts/get-ianitor >/dev/null
 	$(BIN)/python -m pytest
+
+# The tests that start no process (tests/markers.py), without the hypothesis ones: seconds.
+unit: venv
+	$(BIN)/python -m pytest -q --unit -m "not fuzz"
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# The pure tests on Python 3.11, 3.12 and 3.13 and with the oldest dependencies (noxfile.py),
+# and the integration tests against Debian's own supervisord 4.2.5 under the system Python.
+compat: venv
+	scripts/get-consul >/dev/null
+	scripts/get-nc >/dev/null
+	$(BIN)/nox
+	SUPERVISORD_BIN="$$(scripts/get-supervisor)/supervisord" $(BIN)/python -m pytest -q tests/test_integration.py tests/test_migrate.py
 
 # The fault suite alone, with the full 10-minute churn soak; ends with the report table.
 faults: venv

@@ -494,7 +494,11 @@ class Supervisord:
             raise
 
     def command(self) -> list[str]:
-        """How supervisord is started (a test may start it otherwise, as another user would)."""
+        """How supervisord is started (a test may start it otherwise, as another user would):
+        PyPI's, from this Python's environment, or SUPERVISORD_BIN's (Debian's, from
+        scripts/get-supervisor, under the system Python: make compat)."""
+        if os.environ.get("SUPERVISORD_BIN"):
+            return [os.environ["SUPERVISORD_BIN"], "-c", str(self.conf)]
         return [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)]
 
     def rpc(self) -> xmlrpc.client.ServerProxy:

@@ -2,6 +2,8 @@
 absolute time (these machines are shared and noisy).  `make bench` has the figures."""
 from __future__ import annotations
 
+import pytest
+
 from bench import burst, footprint
 
 # A burst converges in about 1.3x supervisord's own time (docs/performance.md);
@@ -10,6 +12,7 @@ from bench import burst, footprint
 MAX_RATIO = 4.0
 
 
+@pytest.mark.integration
 def test_a_burst_converges_within_a_small_multiple_of_supervisords_own_time(tmp_path):
     result = burst.one(50, tmp_path)
     ratio = result["all_passing"] / result["all_running"]

@@ -26,6 +26,8 @@ from supervisor_consul import cli, config, schema
 from tests.harness import listener, run_cli, wait_for
 from tests.test_integration import listener_log, unique, wait_passing
 
+pytestmark = pytest.mark.fuzz  # hypothesis: seconds a test; the full suite runs them, `make unit` not
+
 PURE = settings(max_examples=120, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
 SEVERAL = settings(PURE, max_examples=60)  # each example reads a file with several programs

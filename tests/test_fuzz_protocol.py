@@ -54,6 +54,8 @@ from supervisor_consul.protocol import MalformedHeader, OversizedEvent, parse_he
 from tests.harness import Supervisord, free_port, listener, wait_for
 from tests.test_integration import instances, listener_log, status_of, unique, wait_passing
 
+pytestmark = pytest.mark.fuzz  # hypothesis: seconds a test; the full suite runs them, `make unit` not
+
 # Reproducible in CI: no example database, the same examples on every run.
 PURE = settings(max_examples=200, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -1,6 +1,8 @@
 """The harness itself works for real: Consul agent, DNS, restart, supervisord."""
 from __future__ import annotations
 
+import pytest
+
 from tests.harness import ConsulAgent, Supervisord, free_port, pid_alive, wait_for
 
 
@@ -56,6 +58,7 @@ def test_dns_a_and_srv(consul_agent):
     assert consul_agent.dns("nosuch.service.consul", "A") == []
 
 
+@pytest.mark.integration
 def test_agent_restart_same_ports_loses_registration(tmp_path):
     with ConsulAgent(tmp_path / "consul") as agent:
         ports = (agent.http_port, agent.dns_port, agent.serf_lan_port,
@@ -94,6 +97,7 @@ def test_supervisord_program_lifecycle(supervisord_factory):
     assert "success: sleeper entered RUNNING state" in sv.log_text()
 
 
+@pytest.mark.integration
 def test_supervisord_kill_hard_then_cleanup(tmp_path):
     sv = Supervisord(tmp_path / "sv", "[program:sleeper]\ncommand=sleep 300\n")
     try:

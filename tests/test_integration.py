@@ -7,6 +7,8 @@ import signal
 import sys
 import uuid
 
+import pytest
+
 from tests.harness import ConsulAgent, free_port, free_port_prefix, listener, run_cli, wait_for
 
 
@@ -241,6 +243,7 @@ def test_listener_finds_the_configuration_supervisord_runs_with(consul_agent, su
     assert f"configuration {sv.conf}" in listener_log(sv)
 
 
+@pytest.mark.integration
 def test_check_command_exit_codes(tmp_path):
     good, bad = tmp_path / "good.conf", tmp_path / "bad.conf"
     good.write_text("[supervisord]\n[program:a]\ncommand=sleep 1\n[consul:a]\nport=80\n")

@@ -233,6 +233,7 @@ def test_token_never_in_the_log_or_ps(secure_agent, supervisord_factory, tmp_pat
     converged(took, "not in the debug log, supervisord's log, ps or /proc/PID/cmdline")
 
 
+@pytest.mark.integration
 @pytest.mark.fault("9c. token never shown")
 def test_cli_output_never_shows_the_token(tmp_path, converged):
     secret = "4f1c2b3a-9d8e-4a7b-8c6d-5e4f3a2b1c0d"
