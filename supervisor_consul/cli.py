@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import logging
 import os
 import platform
@@ -35,6 +36,7 @@ from .sync import NotReady, Sync
 
 log = logging.getLogger("supervisor_consul")
 DRAIN_SECONDS = 5.0  # after EOF or SIGTERM, how long pending Consul work may take
+SAMPLE = "supervisord.conf.sample"  # package data; etc/supervisord.conf.sample links to it
 SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits (CPython: 0.005)
 
 
@@ -91,6 +93,12 @@ def parser() -> argparse.ArgumentParser:
     maint.set_defaults(run=run_maint)
     connect_proxy.add_parser(commands, _configuration_option)
     _drain_commands(commands)
+
+    sample = commands.add_parser(
+        "sample", help="print a complete sample supervisord configuration with supervisor-consul",
+        description="Print the sample configuration (as echo_supervisord_conf does for supervisord): the "
+                    "listener's stanza with the reason for each key, and [consul:*] sections showing the keys.")
+    sample.set_defaults(run=run_sample)
 
     migrate_ = commands.add_parser(
         "migrate-ianitor", help="unwrap programs run by ianitor into [consul:*] sections",
@@ -183,6 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if consuls:
         args.extra = consuls
     return args.run(args)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    sys.stdout.write(importlib.resources.files(__package__).joinpath(SAMPLE).read_text(encoding="utf-8"))
+    return 0
 
 
 def run_check(args: argparse.Namespace) -> int:
