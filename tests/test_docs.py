@@ -1,14 +1,27 @@
-"""The README says what the code declares: the key table is made from
-schema.KEYS, and the meta keys it reserves are the ones schema reserves."""
+"""The docs say what the code declares, and hold together.
+
+- docs/reference.md's key table is made from schema.KEYS and its commands and
+  options from cli.parser() (scripts/docs-keys writes both); the meta keys it
+  reserves are the ones schema reserves.
+- docs/operations.md's HAProxy configuration is the one tests/test_haproxy.py runs.
+- Every relative link in README.md and docs/*.md points at a file (and heading)
+  that exists, and no doc points outside the repository.
+"""
 from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import re
 
 from supervisor_consul import schema
 from tests.harness import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
+DOCS = REPO_ROOT / "docs"
+REFERENCE = DOCS / "reference.md"
+OPERATIONS = DOCS / "operations.md"
+RELIABILITY = DOCS / "reliability.md"
+MARKDOWN = [README, *sorted(DOCS.glob("*.md"))]
 
 
 def docs_keys():
@@ -20,13 +33,39 @@ def docs_keys():
     return module
 
 
-def test_the_readme_key_table_is_the_declaration():
-    text = README.read_text()
-    assert text.count(docs_keys().BEGIN) == 1
-    assert docs_keys().rewritten(text) == text, "README.md's key table drifted from schema.KEYS: run scripts/docs-keys"
+# ---------------------------------------------------------------- generated blocks
+
+def test_the_reference_key_table_is_the_declaration():
+    text = REFERENCE.read_text()
+    assert text.count(docs_keys().BEGIN) == 1 and text.count(docs_keys().END) == 1
+    assert docs_keys().rewritten(text) == text, "docs/reference.md's key table drifted from schema.KEYS: run scripts/docs-keys"
 
 
-def test_the_readme_names_every_reserved_meta_key():
-    text = README.read_text()
+def test_the_reference_options_are_the_command_line_parser():
+    text = REFERENCE.read_text()
+    module = docs_keys()
+    assert text.count(module.OPTIONS_BEGIN) == 1 and text.count(module.OPTIONS_END) == 1
+    assert module.rewritten_options(text) == text, \
+        "docs/reference.md's commands and options drifted from cli.parser(): run scripts/docs-keys"
+
+
+def test_the_reference_has_every_command_and_option():
+    """Belt and braces: the generated block names each command and each option string."""
+    import argparse
+
+    from supervisor_consul import cli
+    text = REFERENCE.read_text()
+    subparsers = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in subparsers.choices.items():
+        assert f"### `supervisor-consul {name}`" in text
+        assert f"| `{name}`" in text, f"the exit codes table has no row for {name}"
+        for action in command._actions:
+            for flag in action.option_strings:
+                if flag not in ("-h", "--help"):
+                    assert f"`{flag}" in text, f"{name} {flag} is not in docs/reference.md"
+
+
+def test_the_reference_names_every_reserved_meta_key():
+    text = REFERENCE.read_text()
     for key in schema.RESERVED_META:
         assert f"`{key}`" in text
