@@ -14,6 +14,7 @@ import importlib.util
 import re
 
 from supervisor_consul import schema
+from tests import haproxy
 from tests.harness import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
@@ -69,3 +70,40 @@ def test_the_reference_names_every_reserved_meta_key():
     text = REFERENCE.read_text()
     for key in schema.RESERVED_META:
         assert f"`{key}`" in text
+
+
+# ---------------------------------------------------------------- tested snippets
+
+def fenced_after(text: str, marker: str) -> str:
+    """The first fenced block after the marker line."""
+    _, found, rest = text.partition(marker)
+    assert found, f"no {marker!r}"
+    match = re.search(r"^```[a-z]*\n(.*?)^```$", rest, re.MULTILINE | re.DOTALL)
+    assert match, f"no fenced block after {marker!r}"
+    return match.group(1)
+
+
+HAPROXY_MARKER = "<!-- snippet: tests/haproxy.py config_text -->"
+# The addresses docs/operations.md shows: Consul's DNS on its default port,
+# the frontend on 8080, the admin socket on 9999, up to 5 instances of web.
+HAPROXY_AS_SHOWN = dict(service="web", dns_port=8600, port=8080, stats_port=9999, servers=5)
+
+
+def test_the_haproxy_snippet_is_the_tested_configuration():
+    shown = fenced_after(OPERATIONS.read_text(), HAPROXY_MARKER)
+    assert shown == haproxy.config_text(**HAPROXY_AS_SHOWN), \
+        "docs/operations.md's HAProxy block differs from tests/haproxy.py's config_text()"
+    assert "allow-dup-ip" in shown and "server-template" in shown
+
+
+def test_the_dnsmasq_snippet_is_the_tested_line():
+    """tests/test_dns.py runs dnsmasq with `server=/consul/127.0.0.1#PORT`."""
+    shown = fenced_after(OPERATIONS.read_text(), "/etc/dnsmasq.d/10-consul")
+    assert shown == "server=/consul/127.0.0.1#8600\n"
+    assert "server=/consul/" in (REPO_ROOT / "tests" / "test_dns.py").read_text()
+
+
+def test_the_prometheus_snippet_markers_are_there():
+    text = OPERATIONS.read_text()
+    assert text.count("<!-- snippet: etc/prometheus.yml.sample -->") == 1
+    assert text.count("<!-- /snippet -->") >= 1
