@@ -23,11 +23,12 @@ test: venv
 	scripts/get-ianitor >/dev/null
 	$(BIN)/python -m pytest
 
-# The fault suite alone, with the full 10-minute churn soak; ends with the report table.
+# The fault suite alone, with the full 10-minute churn soak; ends with the report table,
+# which it also writes into docs/reliability.md (FAULT_DOC= to leave the file alone).
 faults: venv
 	scripts/get-consul >/dev/null
 	scripts/get-nc >/dev/null
-	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/python -m pytest -m fault -q
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} FAULT_DOC=$${FAULT_DOC-docs/reliability.md} $(BIN)/python -m pytest -m fault -q
 
 # The benchmarks (issue 4): one table of figures beside baselines from the same run.
 bench: venv

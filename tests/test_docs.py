@@ -107,3 +107,13 @@ def test_the_prometheus_snippet_markers_are_there():
     text = OPERATIONS.read_text()
     assert text.count("<!-- snippet: etc/prometheus.yml.sample -->") == 1
     assert text.count("<!-- /snippet -->") >= 1
+
+
+def test_the_reliability_table_has_its_markers():
+    from tests import conftest
+    text = RELIABILITY.read_text()
+    assert text.count(conftest.FAULT_DOC_BEGIN) == 1 and text.count(conftest.FAULT_DOC_END) == 1
+    block = text.partition(conftest.FAULT_DOC_BEGIN + "\n")[2].partition(conftest.FAULT_DOC_END)[0]
+    assert conftest.fault_table([])[0] in block.splitlines(), "no fault table between the markers"
+    # Writing the same lines back gives the same file: the rewrite touches only the block.
+    assert conftest.with_fault_table(text, block.splitlines()) == text
