@@ -13,6 +13,8 @@ import importlib.machinery
 import importlib.util
 import re
 
+import pytest
+
 from supervisor_consul import schema
 from tests import haproxy
 from tests.harness import REPO_ROOT
@@ -117,3 +119,85 @@ def test_the_reliability_table_has_its_markers():
     assert conftest.fault_table([])[0] in block.splitlines(), "no fault table between the markers"
     # Writing the same lines back gives the same file: the rewrite touches only the block.
     assert conftest.with_fault_table(text, block.splitlines()) == text
+
+
+# ---------------------------------------------------------------- links
+
+FENCE = re.compile(r"^(```|~~~)")
+LINK = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def prose(path) -> list[str]:
+    """The lines outside fenced code blocks."""
+    lines, fenced = [], False
+    for line in path.read_text().splitlines():
+        if FENCE.match(line.strip()):
+            fenced = not fenced
+            continue
+        if not fenced:
+            lines.append(line)
+    return lines
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to dashes."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def anchors(path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for line in prose(path):
+        match = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if match:
+            base = slug(match.group(1))
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def links(path) -> list[str]:
+    found = []
+    for line in prose(path):
+        line = re.sub(r"`[^`]*`", "", line)  # code spans are not links
+        found += LINK.findall(line)
+    return found
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_every_relative_link_resolves(path):
+    broken = []
+    for target in links(path):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+            continue
+        file_part, _, anchor = target.partition("#")
+        resolved = (path.parent / file_part).resolve() if file_part else path
+        if not resolved.exists():
+            broken.append(target)
+            continue
+        if REPO_ROOT.resolve() not in (resolved, *resolved.parents):
+            broken.append(f"{target} (outside the repository)")
+            continue
+        if anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+            broken.append(f"{target} (no such heading)")
+    assert not broken, f"{path.name}: broken links {broken}"
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_no_doc_points_outside_the_repository(path):
+    text = path.read_text()
+    for outside in ("supervisor-facts", "../shared"):
+        assert outside not in text, f"{path.name} mentions {outside}"
+
+
+def test_the_readme_is_a_front_door():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines; move detail into docs/"
+    text = "\n".join(lines)
+    for command in ("make demo", "make test"):
+        assert command in text
+    for doc in ("docs/reference.md", "docs/operations.md", "docs/design.md", "docs/reliability.md",
+                "docs/performance.md", "docs/coming-from-ianitor.md", "docs/troubleshooting.md"):
+        assert f"]({doc}" in text, f"README.md does not link {doc}"
