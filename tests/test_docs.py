@@ -85,7 +85,7 @@ def fenced_after(text: str, marker: str) -> str:
     return match.group(1)
 
 
-HAPROXY_MARKER = "<!-- snippet: tests/haproxy.py config_text -->"
+HAPROXY_MARKER = "<!-- tested: tests/haproxy.py config_text(), checked by tests/test_docs.py -->"
 # The addresses docs/operations.md shows: Consul's DNS on its default port,
 # the frontend on 8080, the admin socket on 9999, up to 5 instances of web.
 HAPROXY_AS_SHOWN = dict(service="web", dns_port=8600, port=8080, stats_port=9999, servers=5)
@@ -106,9 +106,11 @@ def test_the_dnsmasq_snippet_is_the_tested_line():
 
 
 def test_the_prometheus_snippet_markers_are_there():
+    """The merge with etc/prometheus.yml.sample fills the block between these lines."""
     text = OPERATIONS.read_text()
     assert text.count("<!-- snippet: etc/prometheus.yml.sample -->") == 1
-    assert text.count("<!-- /snippet -->") >= 1
+    assert text.count("<!-- /snippet -->") == 1
+    assert text.index("<!-- snippet: etc/prometheus.yml.sample -->") < text.index("<!-- /snippet -->")
 
 
 def test_the_reliability_table_has_its_markers():
