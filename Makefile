@@ -40,11 +40,12 @@ compat: venv
 	$(BIN)/nox
 	SUPERVISORD_BIN="$$(scripts/get-supervisor)/supervisord" $(BIN)/python -m pytest -q tests/test_integration.py tests/test_migrate.py
 
-# The fault suite alone, with the full 10-minute churn soak; ends with the report table.
+# The fault suite alone, with the full 10-minute churn soak; ends with the report table,
+# which it also writes into docs/reliability.md (FAULT_DOC= to leave the file alone).
 faults: venv
 	scripts/get-consul >/dev/null
 	scripts/get-nc >/dev/null
-	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/python -m pytest -m fault -q
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} FAULT_DOC=$${FAULT_DOC-docs/reliability.md} $(BIN)/python -m pytest -m fault -q
 
 # The benchmarks (issue 4): one table of figures beside baselines from the same run.
 bench: venv

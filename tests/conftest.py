@@ -1,16 +1,24 @@
 """Shared pytest fixtures: a real Consul agent and real supervisord instances,
-and the fault suite's report (issue 3): one row per `@pytest.mark.fault` test."""
+and the fault suite's report (issue 3): one row per `@pytest.mark.fault` test.
+
+The report is printed at the end of the run as a Markdown table; with
+FAULT_REPORT=PATH it is also written as JSON, and with FAULT_DOC=PATH (`make
+faults` sets docs/reliability.md) the table between that file's two marker
+lines is replaced by this run's."""
 from __future__ import annotations
 
 import json
 import os
 import re
+import time
 
 import pytest
 
 from tests.harness import ConsulAgent, Supervisord
 
 _fault_rows: list[dict] = []
+FAULT_DOC_BEGIN = "<!-- faults: made by `make faults` (tests/conftest.py, FAULT_DOC) -->"
+FAULT_DOC_END = "<!-- /faults -->"
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +87,13 @@ def pytest_terminal_summary(terminalreporter):
     if path:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
+    doc = os.environ.get("FAULT_DOC")
+    if doc:
+        with open(doc, encoding="utf-8") as f:
+            text = f.read()
+        with open(doc, "w", encoding="utf-8") as f:
+            f.write(with_fault_table(text, [fault_stamp(), ""] + fault_table(rows)))
+        terminalreporter.write_line(f"fault table written to {doc}")
 
 
 def _fault_order(name: str) -> tuple[int, str]:
@@ -94,3 +109,18 @@ def fault_table(rows: list[dict]) -> list[str]:
         took = "-" if seconds is None else f"{seconds:.1f} s"
         lines.append(f"| {row['fault']} | {row['result']} | {took} | {row['detail']} |")
     return lines
+
+
+def fault_stamp() -> str:
+    """The line above the table in FAULT_DOC: when and with which soak the run was."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return f"From the `make faults` run of {when} (SOAK_SECONDS={os.environ.get('SOAK_SECONDS', 'unset')})."
+
+
+def with_fault_table(text: str, table: list[str]) -> str:
+    """text with the lines between FAULT_DOC_BEGIN and FAULT_DOC_END replaced by table."""
+    before, begin, rest = text.partition(FAULT_DOC_BEGIN + "\n")
+    _, end, after = rest.partition(FAULT_DOC_END)
+    if not begin or not end:
+        raise ValueError(f"FAULT_DOC: no {FAULT_DOC_BEGIN!r} ... {FAULT_DOC_END!r} lines to write the table between")
+    return before + begin + "\n".join(table) + "\n" + end + after
