@@ -2,7 +2,7 @@
 
 `KEYS` is the one list of them: parsing (section.py), the unknown-key
 problem, defaults, the fuzz tests' coverage and the reference table in the
-README (scripts/docs-keys, `python -m supervisor_consul.schema`) all read it.
+docs/reference.md (scripts/docs-keys, `python -m supervisor_consul.schema`) all read it.
 A key is a name, a parser from text to value (values.py), its default and
 one line of doc.  Names with upper-case parts are families: `meta.KEY` is
 any number of keys, `check.NAME.header.HEADER` too.
@@ -151,7 +151,7 @@ def known_keys() -> str:
 
 
 def reference() -> str:
-    """The README's table of keys."""
+    """The table of keys in docs/reference.md."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
     rows += [f"| `{key.name}` | {key.shown} | {key.doc}"
              + ("" if key.applies == ALL_KINDS else f" ({applies_to(key.applies)} only)") + " |" for key in KEYS]

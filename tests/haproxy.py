@@ -1,6 +1,6 @@
 """A real HAProxy in front of Consul's DNS, the way operators put one in front of a service.
 
-    config_text(...)                 the whole haproxy.cfg (the README shows it)
+    config_text(...)                 the whole haproxy.cfg (docs/operations.md shows it)
     HAProxy(workdir, dns_port, service)   haproxy on a free loopback port, its backend filled
                                      from the SRV records of SERVICE in Consul's DNS
     haproxy_binary()                 scripts/get-haproxy's haproxy ($HAPROXY_BIN, PATH, or

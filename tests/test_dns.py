@@ -1,5 +1,5 @@
 """DNS as operators use it: the real `dig` against the agent's DNS port, and
-through a real dnsmasq that forwards `.consul` to it (the README's snippet)."""
+through a real dnsmasq that forwards `.consul` to it (the snippet in docs/operations.md)."""
 from __future__ import annotations
 
 import json
@@ -71,7 +71,7 @@ def test_dnsmasq_forwards_consul_domain_to_the_agent(consul_agent, supervisord_f
     wait_for(lambda: dig(LOOPBACK, consul_agent.dns_port, f"{name}.service.consul", "A"),
              message="A record straight from the agent")
 
-    # The README's /etc/dnsmasq.d/10-consul, with the test agent's DNS port.
+    # docs/operations.md's /etc/dnsmasq.d/10-consul, with the test agent's DNS port.
     with Dnsmasq(tmp_path / "dnsmasq", f"server=/consul/127.0.0.1#{consul_agent.dns_port}\n") as forwarder:
         # dnsmasq has no other upstream (--no-resolv): an answer can only come from Consul.
         assert dig(LOOPBACK, forwarder.port, f"{name}.service.consul", "A") == ["127.0.0.1"]

@@ -3,7 +3,7 @@
 `supervisor-consul check` lists every problem, one line each naming the file,
 the section `[consul:X]` and the key, and exits 1; the listener leaves out
 exactly the programs whose section has a problem.  The invalid values are
-stated here from the documented rules (README, `[consul:PROGRAM]` table), not
+stated here from the documented rules (docs/reference.md, the `[consul:PROGRAM]` table), not
 from config.py or schema.py's parsers, and written into real configuration
 files.  Which keys there are comes from the one declaration, `schema.KEYS`:
 every key declared there needs a strategy in BAD_KEYS, or this file fails.
@@ -100,7 +100,7 @@ def check_name(name: str) -> bool:
     return bool(re.fullmatch(r"[a-z0-9_-]{1,64}", name))
 
 
-# Which kinds of check each option of a named check means something to (README: "(http checks only)" …).
+# Which kinds of check each option of a named check means something to (docs/reference.md: "(http checks only)" …).
 # http covers https too; exec checks are run by the listener.
 KINDS = ("http", "tcp", "grpc", "exec")
 APPLIES = {

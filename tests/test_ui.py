@@ -7,7 +7,7 @@ services with their health, passing, netcat critical after its process is
 killed, and a web instance in maintenance with its reason.
 
 Screenshots are saved in the test's tmp dir; with UPDATE_SCREENSHOTS=1 the
-ones the README shows are written to docs/ as well.
+ones docs/operations.md shows are written to docs/ as well.
 """
 from __future__ import annotations
 
