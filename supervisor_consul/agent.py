@@ -67,6 +67,8 @@ class Agent:
                                     cert=cert, token=conn.token, connections_timeout=timeout)
         self.token = Token(conn.token, conn.token_source, conn.token_file, conn.token_option)
         self.client.token = conn.token  # py-consul lets CONSUL_HTTP_TOKEN win; we already chose
+        if conn.http_auth is not None:
+            self.client.http.session.auth = conn.http_auth
         self.client.http.session.trust_env = False  # the agent is local: no proxy from HTTP_PROXY
         # requests' timeout is per socket read, which a trickling endpoint never trips:
         # `timeout` bounds each call as a whole (transport.py), and its body in size.

@@ -27,7 +27,7 @@ from . import (
     status,
 )
 from .agent import Agent
-from .connection import SETTINGS, Connection, SettingError, connection
+from .connection import SETTINGS, Connection, SettingError, connection, ignored
 from .exit_watch import ExitWatch
 from .inbox import Inbox
 from .listener import Listener
@@ -36,6 +36,10 @@ from .sync import NotReady, Sync
 
 log = logging.getLogger("supervisor_consul")
 DRAIN_SECONDS = 5.0  # after EOF or SIGTERM, how long pending Consul work may take
+# supervisord's loglevel names beside Python's: an operator writes either.
+LOG_LEVELS = {"critical": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
+              "warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG, "trace": logging.DEBUG,
+              "blather": logging.DEBUG}
 SAMPLE = "supervisord.conf.sample"  # package data; etc/supervisord.conf.sample links to it
 SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits (CPython: 0.005)
 
@@ -52,13 +56,15 @@ def parser() -> argparse.ArgumentParser:
                     "Consul options fall back to the Consul CLI's environment variables.")
     _configuration_option(listen)
     _consul_options(listen)
-    listen.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
-                        help="on stderr, which supervisord files as the listener's log (default info)")
+    listen.add_argument("--log-level", default="info", choices=tuple(LOG_LEVELS),
+                        help="on stderr, which supervisord files as the listener's log (default info); "
+                             "supervisord's names (warn, trace, blather) too")
     listen.set_defaults(run=run_listen)
 
     check = commands.add_parser("check", help="validate the [consul:*] sections; exit 1 on any problem",
                                 description="Print every problem in the [consul:*] sections and exit 1; "
-                                            "exit 0 when the configuration is valid.")
+                                            "exit 0 when the configuration is valid, 2 when it cannot be "
+                                            "checked (not found, or supervisord cannot read it).")
     _configuration_option(check)
     check.add_argument("--show", action="store_true",
                        help="also print, for every process, the registration the listener would send "
@@ -175,6 +181,9 @@ def _consul_options(command: argparse.ArgumentParser) -> None:
     consul.add_argument("--client-key", metavar="PATH", help="client key (CONSUL_CLIENT_KEY)")
     consul.add_argument("--ca-path", metavar="DIR", help="directory of CA certificates, used without --ca-file "
                                                          "(CONSUL_CAPATH)")
+    consul.add_argument("--http-auth", metavar="USER[:PASSWORD]",
+                        help="HTTP basic auth, for an agent behind a proxy that asks for it (CONSUL_HTTP_AUTH); "
+                             "visible in ps, prefer the variable")
     consul.add_argument("--tls-server-name", metavar="NAME", help="name the agent's certificate must hold, when "
                                                                   "not the address's host (CONSUL_TLS_SERVER_NAME)")
 
@@ -210,7 +219,10 @@ def run_check(args: argparse.Namespace) -> int:
     if args.show and configuration.readable:
         print(show.as_json(configuration, platform.node()) if args.json
               else "\n".join(show.text(configuration, platform.node())))
-    if configuration.problems or not configuration.readable:
+    if not configuration.readable:  # nothing could be checked: as a file that cannot be found
+        print(f"supervisor-consul: cannot check {configfile}", file=sys.stderr)
+        return 2
+    if configuration.problems:
         print(f"{len(configuration.problems)} problem(s) in {configfile}", file=sys.stderr)
         return 1
     services = sorted({spec.name for spec in configuration.services.values()})
@@ -261,6 +273,8 @@ def _snapshot(args: argparse.Namespace) -> snapshot.Snapshot | int:
 
 
 def _connection(args: argparse.Namespace) -> Connection:
+    for message in ignored():
+        log.warning("%s", message)
     return connection(**{key: getattr(args, key) for key in SETTINGS})
 
 
@@ -268,7 +282,7 @@ def run_listen(args: argparse.Namespace) -> int:
     stdin, stdout = protocol_streams()  # first: nothing else may reach stdout
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logtext.Formatter("%(asctime)s supervisor-consul %(levelname)s %(message)s"))
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    logging.basicConfig(level=LOG_LEVELS[args.log_level], handlers=[handler])
     try:
         conn = _connection(args)
         configfile = config.locate(args.configuration)

@@ -43,6 +43,7 @@ class Connection:
     token_source: str = ""  # where the token came from, for messages: never the token itself
     token_file: str | None = None  # the file it was read from, read again when it changes
     token_option: str = ""  # how that file was given: --token-file or CONSUL_HTTP_TOKEN_FILE
+    http_auth: tuple[str, str] | None = field(default=None, repr=False)  # HTTP basic auth (user, password)
 
     @property
     def endpoint(self) -> str:
@@ -74,13 +75,18 @@ class Connection:
 
 # connection()'s settings: the command-line options' names, with underscores.
 SETTINGS = ("http_addr", "token", "token_file", "ca_file", "client_cert", "client_key", "ca_path",
-            "tls_server_name")
+            "tls_server_name", "http_auth")
+# The Consul CLI's variables that mean nothing here, and why: said once, never silently dropped.
+IGNORED = {
+    "CONSUL_NAMESPACE": "namespaces are Consul Enterprise's; the listener registers in the namespace of its "
+                        "token (the default one without Enterprise)",
+}
 
 
 def connection(http_addr: str | None = None, token: str | None = None, token_file: str | None = None,
                ca_file: str | None = None, client_cert: str | None = None, client_key: str | None = None,
                env: Mapping[str, str] = os.environ, ca_path: str | None = None,
-               tls_server_name: str | None = None) -> Connection:
+               tls_server_name: str | None = None, http_auth: str | None = None) -> Connection:
     """Options first, then the Consul CLI's environment variables, then defaults.
 
     Every file named is read here, so a setting that cannot work stops the
@@ -119,7 +125,21 @@ def connection(http_addr: str | None = None, token: str | None = None, token_fil
     return Connection(scheme=scheme, host=host, port=port, token=token, ca_file=ca_file,
                       client_cert=client_cert, client_key=client_key, verify=verify, ca_path=ca_path,
                       tls_server_name=_option(tls_server_name, env, "CONSUL_TLS_SERVER_NAME"),
-                      token_source=token_source, token_file=path, token_option=option)
+                      token_source=token_source, token_file=path, token_option=option,
+                      http_auth=_basic_auth(_option(http_auth, env, "CONSUL_HTTP_AUTH")))
+
+
+def _basic_auth(text: str | None) -> tuple[str, str] | None:
+    """--http-auth/CONSUL_HTTP_AUTH as the Consul CLI reads it: USER or USER:PASSWORD."""
+    if not text:
+        return None
+    user, _, password = text.partition(":")
+    return user, password
+
+
+def ignored(env: Mapping[str, str] = os.environ) -> list[str]:
+    """What is set in the environment that the listener does not use, each with why."""
+    return [f"{name}={env[name]!r} is not used: {why}" for name, why in IGNORED.items() if env.get(name)]
 
 
 def _option(value: str | None, env: Mapping[str, str], variable: str) -> str | None:

@@ -384,3 +384,62 @@ def test_a_token_is_redacted_before_a_message_is_cut():
     from supervisor_consul.agent import _text
     token = "s3cr3t-token-abcdef"
     assert token[:8] not in _text(ValueError("x" * 290 + token), token)
+
+
+# -- basic auth, variables that mean nothing here (issue 14) ------------------------------
+
+
+def test_http_auth_from_the_option_or_consul_http_auth():
+    assert connection(http_auth="ops:s3cret", env={}).http_auth == ("ops", "s3cret")
+    assert connection(env={"CONSUL_HTTP_AUTH": "ops"}).http_auth == ("ops", "")
+    assert connection(http_auth="a:b", env={"CONSUL_HTTP_AUTH": "c:d"}).http_auth == ("a", "b")
+    assert "s3cret" not in repr(connection(http_auth="ops:s3cret", env={}))
+
+
+def test_http_auth_reaches_the_agent_as_basic_auth():
+    import base64
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen.append(self.headers.get("Authorization"))
+            body = b"{}"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        agent = Agent(connection(http_addr=f"127.0.0.1:{server.server_address[1]}", http_auth="ops:s3cret", env={}))
+        agent.owned("nobody")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen and seen[0] == "Basic " + base64.b64encode(b"ops:s3cret").decode()
+
+
+def test_consul_namespace_is_said_not_silently_dropped():
+    from supervisor_consul.connection import ignored
+    assert ignored({}) == []
+    (message,) = ignored({"CONSUL_NAMESPACE": "team-a"})
+    assert message.startswith("CONSUL_NAMESPACE='team-a' is not used: namespaces are Consul Enterprise's")
+
+
+def test_log_level_takes_supervisords_names():
+    import logging
+
+    from supervisor_consul import cli
+    for name, level in (("warn", logging.WARNING), ("warning", logging.WARNING), ("trace", logging.DEBUG),
+                        ("blather", logging.DEBUG), ("critical", logging.CRITICAL)):
+        args = cli.parser().parse_args(["listen", "--log-level", name])
+        assert cli.LOG_LEVELS[args.log_level] == level

@@ -258,6 +258,12 @@ def test_check_command_exit_codes(tmp_path):
     assert failed.returncode == 1
     assert f"{bad}: [consul:a] port = '80x'" in failed.stdout
     assert f"{bad}: [consul:a] colour = 'red': unknown key" in failed.stdout
+    # Nothing could be checked: 2, as for a file that is not there.
+    unreadable = tmp_path / "unreadable.conf"
+    unreadable.write_text("[program:a]\ncommand=sleep 1\n")  # no [supervisord]: supervisord refuses it
+    cannot = run(unreadable)
+    assert cannot.returncode == 2 and f"cannot check {unreadable}" in cannot.stderr
+    assert run(tmp_path / "missing.conf").returncode == 2
 
 
 def test_two_supervisords_on_one_agent_touch_only_their_own(consul_agent, supervisord_factory):
