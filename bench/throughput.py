@@ -394,8 +394,10 @@ def measure(count: int, total: int, pyspy: str | None = None) -> list[Row]:
                  interval=0.5, message="the listener to go quiet")
         requests = log.requests(start_offset)
         cpu = cpu_seconds(listener.pid) - cpu
-        if agent_state(agent.http_addr, owner) != state:
-            raise RuntimeError("the agent's state changed after convergence")
+        if (later := agent_state(agent.http_addr, owner)) != state:
+            changed = {name: (state.get(name), later.get(name)) for name in set(state) | set(later)
+                       if state.get(name) != later.get(name)}
+            raise RuntimeError(f"the agent's state changed after convergence: {list(changed.items())[:5]}")
         converged = requests[-1].at - started
         busy = requests[-1].at - requests[0].at
         listener_calls_per_s = len(requests) / busy if busy > 0 else float("nan")

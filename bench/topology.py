@@ -47,7 +47,7 @@ class Agent(ClusterAgent):
             config.write_text(_acl_config(server))
             self.extra_args += ["-config-file", str(config)]
 
-    def request(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> Any:
+    def request(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(f"http://{self.http_addr}{path}", data=data, method=method)
         if self.acl:
@@ -55,7 +55,7 @@ class Agent(ClusterAgent):
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read().decode() or "null")
 
-    def _get(self, path: str, timeout: float = 5.0) -> Any:
+    def _get(self, path: str, timeout: float = 30.0) -> Any:
         return self.request("GET", path, timeout=timeout)
 
     def register_foreign(self, service: dict) -> None:
