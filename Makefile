@@ -51,7 +51,7 @@ faults: venv
 bench: venv
 	scripts/get-consul >/dev/null
 	scripts/get-nc >/dev/null
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --doc docs/performance.md
 
 demo: venv
 	scripts/demo

@@ -7,11 +7,12 @@ scripts themselves; its figures mean little.
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import sys
 import time
 
-from bench.report import Row, dump, machine, table
+from bench.report import Row, dump, machine, table, write_doc
 
 ALL = ("latency", "crash", "burst", "throughput", "footprint", "steady")
 # NAME -> (module, function) where that is not (bench.NAME, run)
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(ALL))
     parser.add_argument("--quick", action="store_true", help="small counts: check the scripts, not the figures")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    parser.add_argument("--doc", metavar="PATH", help="also write the table into PATH between its markers "
+                                                       "(docs/performance.md)")
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in ALL]
     if unknown:
@@ -44,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"took {time.monotonic() - started:.0f} s{' (--quick: figures are not meaningful)' if args.quick else ''}")
     if args.json:
         dump(rows, args.json)
+    if args.doc:
+        command = " ".join(["python -m bench", *args.names])
+        write_doc(args.doc, rows, f"one run of `{command}`, {datetime.date.today().isoformat()}")
     return 0  # figures, not a verdict: the table says which targets were met
 
 

@@ -1,9 +1,12 @@
 """One row per figure: what was measured, beside its limit or baseline from the same run."""
 from __future__ import annotations
 
+import datetime
 import json
+import pathlib
 import platform
 import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 
@@ -50,3 +53,31 @@ def dump(rows: list[Row], path: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump([asdict(r) for r in rows], f, indent=1)
 
+
+
+BEGIN, END = "<!-- results: made by python -m bench --doc (bench/report.py) -->", "<!-- /results -->"
+
+
+def load(path: str) -> list[Row]:
+    with open(path, encoding="utf-8") as f:
+        return [Row(**row) for row in json.load(f)]
+
+
+def write_doc(path: str, rows: list[Row], runs: str) -> None:
+    """The table of `rows` between the markers of the doc at `path`, with the machine and `runs` (when
+    and how they were measured) above it; the rest of the doc stays as written."""
+    doc = pathlib.Path(path)
+    text = doc.read_text(encoding="utf-8")
+    if text.count(BEGIN) != 1 or text.count(END) != 1:
+        raise SystemExit(f"{path}: needs one line {BEGIN} and one {END}")
+    before, _, rest = text.partition(BEGIN + "\n")
+    _, _, after = rest.partition(END)
+    body = "\n".join([f"Machine: {machine()}; {runs}.", "", *table(rows), ""])
+    doc.write_text(f"{before}{BEGIN}\n{body}{END}{after}", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    # python -m bench.report DOC RUN.json...: the rows of several runs (python -m bench --json) into DOC.
+    doc, *runs = sys.argv[1:]
+    write_doc(doc, [row for run in runs for row in load(run)],
+              f"{len(runs)} run(s) of `python -m bench`, {datetime.date.today().isoformat()}")
