@@ -194,10 +194,14 @@ class Sync:
         if not deaths:
             return
         assert self.configuration is not None
+        now = self._wall()
         for death in deaths:
             status, spec = self.statuses[death.namespec], self.configuration.process(death.namespec)
             if death.waitstatus is not None:
                 exitstatus: int | None = health.exitstatus_of(death.waitstatus)
+            elif health.flapping(status, now):
+                # Asking would wake supervisord, which would only respawn it sooner; its EXITED tells.
+                exitstatus = None
             else:  # supervisord reaped it first: it knows how it ended (unless it has respawned it already)
                 info = self._info_of(death.namespec)
                 if info is not None and info.get("statename") in ("STOPPING", "STOPPED"):
@@ -206,8 +210,7 @@ class Sync:
                 reaped = info is not None and info.get("statename") == "EXITED"
                 exitstatus = info.get("exitstatus") if reaped and info else None
             log.debug("%s: pid %d exited, seen by the exit watch", death.namespec, death.pid)
-            self.statuses[death.namespec] = health.died(status, exitstatus, spec, self._wall())
-        now = self._wall()
+            self.statuses[death.namespec] = health.died(status, exitstatus, spec, now)
         # Not for a crash loop: waking supervisord would only make it respawn the program faster.
         if self.supervisor is not None and any(not health.flapping(self.statuses[death.namespec], now)
                                                for death in deaths):

@@ -891,3 +891,14 @@ def test_a_crash_loop_is_not_hurried_by_waking_supervisord(world):
         world.deliver(ProcessStateChange("web", "RUNNING", "STARTING", pid), ProcessExit("web", pid, signal.SIGKILL))
         world.wall.advance(1)
     assert world.supervisor.wakes == 4
+
+
+def test_a_crash_loop_is_not_hurried_by_asking_supervisord_either(world):
+    world.round()
+    for pid in range(42, 48):  # reaped by supervisord before the exit watch read the zombie: no wait status
+        world.supervisor.set("web", "RUNNING", pid=pid)
+        calls = world.supervisor.process_info_calls
+        world.deliver(ProcessStateChange("web", "RUNNING", "STARTING", pid), ProcessExit("web", pid, None))
+        world.wall.advance(1)
+    assert world.supervisor.process_info_calls == calls  # the last deaths, in the loop: nothing asked
+    assert world.sync.statuses["web"].state == "EXITED" and world.sync.statuses["web"].exitstatus is None
