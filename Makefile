@@ -1,6 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
 # Both set up what they need: the venv, the Python packages, consul, nc and dig
-# (and, for the tests, dnsmasq, haproxy and chromium).
+# (and, for the tests, dnsmasq, haproxy, chromium and prometheus).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -21,6 +21,7 @@ test: venv
 	scripts/get-haproxy >/dev/null
 	scripts/get-chromium >/dev/null
 	scripts/get-ianitor >/dev/null
+	scripts/get-prometheus >/dev/null
 	$(BIN)/python -m pytest
 
 # The fault suite alone, with the full 10-minute churn soak; ends with the report table.
