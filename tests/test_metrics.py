@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import platform
 import socket
+import sys
+import urllib.request
 
 import pytest
 from prometheus_client import generate_latest
@@ -19,7 +22,8 @@ from supervisor_consul.inbox import Inbox
 from supervisor_consul.listener import Listener
 from supervisor_consul.metrics import Endpoint, Kind, Metrics, Result, parse_endpoint
 from supervisor_consul.sync import Sync
-from tests.harness import LOOPBACK, run_cli
+from tests.harness import LOOPBACK, ConsulAgent, free_port, free_port_prefix, listener, run_cli, wait_for
+from tests.prometheus import Prometheus, prometheus_binary, sample_config
 from tests.test_protocol import envelope, stream
 from tests.test_sync import CONFIGFILE, HOST, ME, OWNER, World, service, sid
 
@@ -232,6 +236,18 @@ def test_a_bad_metrics_addr_says_what_to_give(text):
         parse_endpoint(text)
 
 
+def test_the_metrics_are_served_in_the_text_format_on_the_endpoint():
+    # Its daemon thread serves for the rest of the session: start_http_server returns no handle before 0.20.
+    metrics = Metrics()
+    metrics.owned(7)
+    port = free_port()
+    metrics.serve(parse_endpoint(f"{LOOPBACK}:{port}"))
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{LOOPBACK}:{port}{instance.METRICS_PATH}", timeout=5) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert f"{P}instances_owned 7.0" in resp.read().decode().splitlines()
+
+
 def _listen(tmp_path, metrics_addr: str):
     conf = tmp_path / "supervisord.conf"
     conf.write_text("[supervisord]\n")
@@ -254,3 +270,83 @@ def test_the_listener_exits_2_at_start_when_the_port_is_taken(tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     [line] = result.stderr.splitlines()
     assert f"--metrics-addr {LOOPBACK}:{port}: cannot listen there (Address already in use)" in line
+
+
+# -- a real Prometheus, finding the listener through Consul ---------------------------------
+
+
+def _passing(entry: dict) -> bool:
+    return all(check["Status"] == "passing" for check in entry["Checks"])
+
+
+def test_prometheus_finds_the_listener_by_its_claim_and_only_the_passing_instances(tmp_path, supervisord_factory):
+    prometheus_binary()  # fetched (once) before any deadline starts
+    with ConsulAgent(tmp_path / "consul") as agent:  # its own: `web` and `supervisord` are this test's alone
+        prefix, dead, metrics_port = free_port_prefix(2), free_port(), free_port()
+        sv = supervisord_factory(f"""
+[program:web]
+command={sys.executable} -m http.server {prefix}%(process_num)d --bind 127.0.0.1
+process_name=%(program_name)s_%(process_num)d
+numprocs=2
+numprocs_start=1
+[consul:web]
+port={prefix}%(process_num)d
+check=http://127.0.0.1:%(port)s/
+interval=1s
+timeout=1s
+[program:sick]
+command=sleep 300
+[consul:sick]
+name=web
+port={dead}
+check=tcp://127.0.0.1:%(port)s
+interval=1s
+timeout=1s
+""" + listener(agent, options=f"--metrics-addr {LOOPBACK}:{metrics_port}"))
+        passing = {f"{LOOPBACK}:{prefix}{n}" for n in (1, 2)}
+
+        def settled():
+            # Nothing changes once Prometheus runs: its first discovery is the one the test judges.
+            entries = agent.health("web")
+            return len(entries) == 3 and {f"{LOOPBACK}:{e['Service']['Port']}" for e in entries
+                                          if _passing(e)} == passing and entries
+
+        wait_for(settled, timeout=30, message="two web instances passing, the sick one critical")
+        [claimed] = wait_for(lambda: [s for s in agent.services().values() if s["Service"] == claim.SERVICE],
+                             message="the claim")
+        assert (claimed["Address"], claimed["Port"], claimed["Tags"]) == (LOOPBACK, metrics_port, ["metrics"])
+        assert claimed["Meta"]["metrics_path"] == "/metrics"
+
+        with Prometheus(tmp_path / "prometheus", sample_config(agent.http_addr)) as prometheus:
+            def listener_scraped():
+                [target] = prometheus.targets("supervisor-consul")
+                return target["health"] == "up" and target
+
+            try:
+                target = wait_for(listener_scraped, timeout=90, interval=0.5,
+                                  message="Prometheus finding the listener in Consul and scraping it")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\nprometheus.log:\n{prometheus.log_text()[-4000:]}") from None
+            assert target["scrapeUrl"] == f"http://{LOOPBACK}:{metrics_port}/metrics"
+            assert target["labels"]["host"] == platform.node()
+
+            def value(expr: str) -> float:
+                [(_, got)] = prometheus.query(expr).items()
+                return got
+
+            job = '{job="supervisor-consul"}'
+            assert wait_for(lambda: value(f"supervisor_consul_instances_owned{job}") == 3, timeout=30,
+                            message="instances_owned 3 in Prometheus")
+            assert value(f"supervisor_consul_agent_reachable{job}") == 1
+            assert value(f'supervisor_consul_operations_total{{job="supervisor-consul",kind="register",'
+                         f'result="ok"}}') >= 3
+            assert value(f"supervisor_consul_events_read_total{job}") > 0
+            assert value(f"supervisor_consul_events_dropped_total{job}") == 0
+            assert 0 <= value(f"time() - supervisor_consul_last_sync_success_timestamp_seconds{job}") < 90
+            assert value(f"supervisor_consul_reconcile_duration_seconds_count{job}") >= 1
+
+            # The other job: exactly the passing instances, each labelled with its process.
+            web = wait_for(lambda: prometheus.targets("web"), message="the web job's targets")
+            assert {t["labels"]["instance"] for t in web} == passing
+            assert sorted(t["labels"]["process"] for t in web) == ["web_1", "web_2"]
+    assert sv.state("sick") == "RUNNING"  # critical by its check alone, registered all along
