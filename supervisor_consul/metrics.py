@@ -8,8 +8,10 @@ prometheus_client's own HTTP server answers scrapes in a daemon thread.
 
 Seconds since the last successful sync are exposed as the time of it
 (`supervisor_consul_last_sync_success_timestamp_seconds`, Unix seconds), as
-Prometheus's conventions say: `time() - ...` in a query or an alert is the age,
-it stays right however late a scrape comes, and it needs no clock at scrape time.
+Prometheus's conventions have it: `time() - ...` in a query or an alert is the
+age.  The sync loop sets a plain value when it happens, where an age would have
+the scrape thread read the clock and the sync's state; and a time says when,
+which an age taken at some scrape does not.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import enum
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, assert_never
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -48,7 +50,8 @@ def kind_of(operation: Operation) -> Kind:
             return Kind.UPDATE_TTL
         case Deregister():
             return Kind.DEREGISTER
-    raise TypeError(f"not an operation: {operation!r}")
+        case _:
+            assert_never(operation)
 
 
 class Result(enum.Enum):
@@ -130,13 +133,12 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._operations = Counter(f"{PREFIX}operations", "Operations on the agent's instances of this "
-                                   "listener, by kind and by how the agent took them", ("kind", "result"),
-                                   registry=self.registry)
-        # Every series from the start, so rate() and increase() see the first one happen.
-        for kind in Kind:
-            for result in Result:
-                self._operations.labels(kind.value, result.value)
+        operations = Counter(f"{PREFIX}operations", "Operations on the agent's instances of this listener, by "
+                             "kind and by how the agent took them", ("kind", "result"), registry=self.registry)
+        # Every series from the start, so rate() and increase() see the first one happen; looked up
+        # once, since a round of a thousand heartbeats counts a thousand.
+        self._operations = {(kind, result): operations.labels(kind.value, result.value)
+                            for kind in Kind for result in Result}
         self._reconcile = Histogram(f"{PREFIX}reconcile_duration_seconds", "How long each full reconcile the "
                                     "agent answered took: reading the configuration, supervisord and the agent, "
                                     "and applying the differences", buckets=RECONCILE_BUCKETS,
@@ -150,7 +152,7 @@ class Metrics:
                                 "0 when it could not be reached", registry=self.registry)
 
     def operation(self, operation: Operation, result: Result) -> None:
-        self._operations.labels(kind_of(operation).value, result.value).inc()
+        self._operations[kind_of(operation), result].inc()
 
     def reconciled(self, seconds: float) -> None:
         self._reconcile.observe(seconds)
@@ -165,7 +167,7 @@ class Metrics:
         self._reachable.set(1 if reachable else 0)
 
     def count_events(self, counts: EventCounts) -> None:
-        self.registry.register(_EventCollector(counts))  # type: ignore[arg-type]  # a Collector by its collect()
+        self.registry.register(_EventCollector(counts))  # type: ignore[arg-type]  # a collector is its collect()
 
     def serve(self, endpoint: Endpoint) -> None:
         """Answer scrapes on the endpoint from a daemon thread; OSError when it cannot listen there."""
