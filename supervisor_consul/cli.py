@@ -267,7 +267,8 @@ def run_listen(args: argparse.Namespace) -> int:
             log.critical("--metrics-addr %s: cannot listen there (%s); give a free port of an address of this "
                          "host, or leave --metrics-addr out", endpoint, exc.strerror or exc)
             return 2
-        log.info("serving Prometheus metrics on http://%s%s", endpoint, instance.METRICS_PATH)
+        log.info("serving Prometheus metrics on %s", f"http://{endpoint}{instance.METRICS_PATH}" if endpoint.host
+                 else f"port {endpoint.port} of every address, path {instance.METRICS_PATH}")
     # Where the token came from, never the token: the log is readable by more people than the token.
     log.info("supervisor-consul %s listening; Consul agent %s, %s; configuration %s", __version__,
              conn.endpoint, f"token from {conn.token_source}" if conn.token else "no token", configfile)
