@@ -273,6 +273,8 @@ def run_listen(args: argparse.Namespace) -> int:
     log.info("supervisor-consul %s listening; Consul agent %s, %s; configuration %s", __version__,
              conn.endpoint, f"token from {conn.token_source}" if conn.token else "no token", configfile)
     inbox = Inbox()
+    listener = Listener(stdin, stdout, inbox)
+    metrics.count_events(listener)  # from the first scrape on: every series is there before the first event
     # The listener's parent is the supervisord whose children it watches.
     sync = Sync(Agent(conn), configfile, platform.node(), inbox, exit_watch=ExitWatch(inbox.post, os.getppid()),
                 metrics=metrics,
@@ -289,8 +291,6 @@ def run_listen(args: argparse.Namespace) -> int:
     worker.start()
     signal.signal(signal.SIGHUP, lambda *_: inbox.request_reconcile(retry_refused=True))
     signal.signal(signal.SIGTERM, _terminate)
-    listener = Listener(stdin, stdout, inbox)
-    metrics.count_events(listener)
     try:
         listener.run()
     except _Terminated:
