@@ -3,11 +3,13 @@ the fakes of test_sync.py), the claim that carries the endpoint, the option's
 errors, and a real Prometheus that finds the endpoint through Consul and scrapes it."""
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import platform
 import socket
 import sys
+import threading
 import urllib.request
 
 import pytest
@@ -275,6 +277,11 @@ def test_the_listener_exits_2_at_start_when_the_port_is_taken(tmp_path):
 # -- a real Prometheus, finding the listener through Consul ---------------------------------
 
 
+class _Quiet(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass  # Prometheus's scrapes, answered 501
+
+
 def _passing(entry: dict) -> bool:
     return all(check["Status"] == "passing" for check in entry["Checks"])
 
@@ -351,11 +358,22 @@ timeout=1s
             assert sorted(t["labels"]["process"] for t in web) == ["web_1", "web_2"]
             assert sv.state("sick") == "RUNNING"  # critical by its check alone, registered all along
 
-            # Something listens on the sick one's port: its tcp check passes, and Prometheus follows
-            # Consul (within consul_sd_configs' refresh_interval, 30 s by default).
-            with socket.socket() as cured:
-                cured.bind((LOOPBACK, dead))
-                cured.listen(16)
+            # Something answers on the sick one's port: its tcp check passes, and Prometheus follows
+            # Consul (within consul_sd_configs' refresh_interval, 30 s by default).  It accepts, as a
+            # server does: a full accept queue would turn the check critical again.
+            cured = http.server.ThreadingHTTPServer((LOOPBACK, dead), _Quiet)
+            threading.Thread(target=cured.serve_forever, name="cured", daemon=True).start()
+            try:
                 cured_too = passing | {f"{LOOPBACK}:{dead}"}
-                wait_for(lambda: {t["labels"]["instance"] for t in prometheus.targets("web")} == cured_too,
-                         timeout=90, interval=0.5, message="the cured instance among the web job's targets")
+                try:
+                    wait_for(lambda: {t["labels"]["instance"] for t in prometheus.targets("web")} == cured_too,
+                             timeout=90, interval=0.5, message="the cured instance among the web job's targets")
+                except AssertionError as exc:
+                    health = [(e["Service"]["Port"], [(c["CheckID"], c["Status"]) for c in e["Checks"]])
+                              for e in agent.health("web")]
+                    dropped = [t["discoveredLabels"] for t in prometheus.api("targets")["droppedTargets"]]
+                    raise AssertionError(f"{exc}\nconsul: {health}\nactive: {prometheus.targets('web')}\n"
+                                         f"dropped: {dropped}\nprometheus.log:\n{prometheus.log_text()[-6000:]}")
+            finally:
+                cured.shutdown()
+                cured.server_close()
