@@ -1,6 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
 # Both set up what they need: the venv, the Python packages, consul, nc and dig
-# (and, for the tests, dnsmasq, haproxy and chromium).
+# (and, for the tests, dnsmasq, haproxy, chromium and prometheus).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,6 +22,7 @@ test: lint compat
 	scripts/get-haproxy >/dev/null
 	scripts/get-chromium >/dev/null
 	scripts/get-ianitor >/dev/null
+	scripts/get-prometheus >/dev/null
 	$(BIN)/python -m pytest
 
 # The tests that start no process (tests/markers.py), without the hypothesis ones: seconds.

@@ -19,6 +19,7 @@ from . import (
     connect_proxy,
     draining,
     durations,
+    instance,
     logtext,
     maintenance,
     migrate,
@@ -31,6 +32,7 @@ from .connection import SETTINGS, Connection, SettingError, connection, ignored
 from .exit_watch import ExitWatch
 from .inbox import Inbox
 from .listener import Listener
+from .metrics import Metrics, parse_endpoint
 from .protocol import protocol_streams
 from .sync import NotReady, Sync
 
@@ -59,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
     listen.add_argument("--log-level", default="info", choices=tuple(LOG_LEVELS),
                         help="on stderr, which supervisord files as the listener's log (default info); "
                              "supervisord's names (warn, trace, blather) too")
+    listen.add_argument("--metrics-addr", metavar="HOST:PORT",
+                        help="serve Prometheus metrics there (as 127.0.0.1:9187; :9187 for every address): "
+                             "events, operations on the agent, reconcile durations, the last sync, instances "
+                             "owned, the agent's reachability.  The claim (the service `supervisord`) then "
+                             "carries the address, the port and the tag `metrics`, for Prometheus's "
+                             "consul_sd_configs (default: no metrics)")
     listen.set_defaults(run=run_listen)
 
     check = commands.add_parser("check", help="validate the [consul:*] sections; exit 1 on any problem",
@@ -286,15 +294,30 @@ def run_listen(args: argparse.Namespace) -> int:
     try:
         conn = _connection(args)
         configfile = config.locate(args.configuration)
-    except (SettingError, config.ConfigNotFound) as exc:
+        endpoint = parse_endpoint(args.metrics_addr) if args.metrics_addr is not None else None
+    except (SettingError, config.ConfigNotFound, ValueError) as exc:
         log.critical("%s", exc)
         return 2
+    metrics = Metrics()
+    if endpoint is not None:
+        try:
+            metrics.serve(endpoint)
+        except OSError as exc:
+            log.critical("--metrics-addr %s: cannot listen there (%s); give a free port of an address of this "
+                         "host, or leave --metrics-addr out", endpoint, exc.strerror or exc)
+            return 2
+        log.info("serving Prometheus metrics on %s", f"http://{endpoint}{instance.METRICS_PATH}" if endpoint.host
+                 else f"port {endpoint.port} of every address, path {instance.METRICS_PATH}")
     # Where the token came from, never the token: the log is readable by more people than the token.
     log.info("supervisor-consul %s listening; Consul agent %s, %s; configuration %s", __version__,
              conn.endpoint, f"token from {conn.token_source}" if conn.token else "no token", configfile)
     inbox = Inbox()
+    listener = Listener(stdin, stdout, inbox)
+    metrics.count_events(listener)  # from the first scrape on: every series is there before the first event
     # The listener's parent is the supervisord whose children it watches.
-    sync = Sync(Agent(conn), configfile, platform.node(), inbox, exit_watch=ExitWatch(inbox.post, os.getppid()))
+    sync = Sync(Agent(conn), configfile, platform.node(), inbox, exit_watch=ExitWatch(inbox.post, os.getppid()),
+                metrics=metrics,
+                metrics_endpoint=(endpoint.advertised, endpoint.port) if endpoint is not None else None)
     try:
         sync.prepare()
     except NotReady as exc:
@@ -308,7 +331,7 @@ def run_listen(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda *_: inbox.request_reconcile(retry_refused=True))
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        Listener(stdin, stdout, inbox).run()
+        listener.run()
     except _Terminated:
         log.info("SIGTERM; stopping")
     finally:

@@ -37,10 +37,13 @@ class Standing(enum.Enum):
 class Holder:
     def __init__(self, agent: Agent, keeper: claim.Keeper, report: Callable[..., None],
                  clear: Callable[[str, str | None], None], monotonic: Callable[[], float] = time.monotonic,
-                 background: bool = True, agent_forgot: Callable[[], None] = lambda: None) -> None:
+                 background: bool = True, agent_forgot: Callable[[], None] = lambda: None,
+                 metrics_endpoint: tuple[str, int] | None = None) -> None:
         """`agent_forgot`: called when the agent no longer has the claim (it restarted,
-        and with it everything else of ours)."""
+        and with it everything else of ours).  `metrics_endpoint`: (address, port) the
+        claim carries for Prometheus (instance.of_claim)."""
         self.agent = agent
+        self._metrics_endpoint = metrics_endpoint
         self._agent_forgot = agent_forgot
         self.pulse = Pulse(lambda check_id, health: agent.update_ttl(check_id, health, claim.SERVICE),
                            self._forgotten, monotonic, background)
@@ -59,7 +62,8 @@ class Holder:
     def configure(self, owner: str, host: str, configuration: Configuration, deregister_after: str | None) -> None:
         ttl = claim_ttl(configuration)
         self.every = ttl / HEARTBEATS_PER_TTL
-        registration = instance.of_claim(owner, host, configuration, self.keeper.me, f"{ttl:g}s", deregister_after)
+        registration = instance.of_claim(owner, host, configuration, self.keeper.me, f"{ttl:g}s", deregister_after,
+                                         self._metrics_endpoint)
         if self._registration is None or registration.fingerprint != self._registration.fingerprint:
             self._due = 0.0  # a new definition: look (and register it) at once
         self.owner = owner

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from . import claim, durations
 from .config import Configuration
@@ -27,6 +27,11 @@ FINGERPRINT_VERSION = "1"  # bump when the meaning of a registration changes
 # a backstop, refreshed every 8 h (1000 instances: 0.035 writes/s).
 BACKSTOP_TTL = "24h"
 MAINTENANCE_PREFIX = "_service_maintenance:"  # Consul's, for a service's maintenance check
+# With --metrics-addr the claim carries the endpoint (its Address and Port), this tag and this
+# meta key, so Prometheus's consul_sd_configs can find every listener (etc/prometheus.yml.sample).
+METRICS_TAG = "metrics"
+METRICS_PATH_META = "metrics_path"  # Prometheus's own word: relabelled into __metrics_path__
+METRICS_PATH = "/metrics"
 
 
 def owner_id(host: str, configfile: str, identifier: str) -> str:
@@ -271,21 +276,30 @@ def _json(value: Any) -> Any:
 
 
 def of_claim(owner: str, host: str, configuration: Configuration, incarnation: claim.Incarnation,
-                       ttl: str, deregister_after: str | None) -> Registration:
+             ttl: str, deregister_after: str | None, metrics: tuple[str, int] | None = None) -> Registration:
     """The claim of an owner id: an instance of the service `supervisord`, which
     `check = none` instances alias.  Its deregister_after comes after theirs,
-    since an alias of a service that is gone turns passing again for a while."""
+    since an alias of a service that is gone turns passing again for a while.
+    `metrics`: (address, port) of the listener's metrics endpoint, which the
+    claim then carries; address "" is the node's, as for any service."""
     cid = claim_id(owner)
-    meta = (("external-source", "supervisord"), (OWNER_META, owner), ("supervisord-host", host),
-            ("supervisord-config", os.path.normpath(configuration.configfile)),
-            ("supervisord-identifier", configuration.identifier),
-            ("supervisord-pid", str(incarnation.pid)), (claim.INCARNATION_META, incarnation.encode()))
+    meta: tuple[tuple[str, str], ...] = (
+        ("external-source", "supervisord"), (OWNER_META, owner), ("supervisord-host", host),
+        ("supervisord-config", os.path.normpath(configuration.configfile)),
+        ("supervisord-identifier", configuration.identifier),
+        ("supervisord-pid", str(incarnation.pid)), (claim.INCARNATION_META, incarnation.encode()))
+    # The claim is the one service per listener, alive exactly while the listener is: the
+    # endpoint goes there.  Without it the claim stays as every earlier version registered it.
+    address, port, tags = "", 0, cast(tuple[str, ...], ())
+    if metrics is not None:
+        (address, port), tags = metrics, (METRICS_TAG,)
+        meta += ((METRICS_PATH_META, METRICS_PATH),)
     ttl_check = {"CheckID": claim_check_id(owner), "Name": f"supervisord pid {incarnation.pid} and its listener",
                  "TTL": ttl}
     if deregister_after is not None:
         ttl_check["DeregisterCriticalServiceAfter"] = deregister_after
-    fields: dict[str, Any] = dict(service_id=cid, name=claim.SERVICE, port=0, address="", tags=(), meta=meta,
-                                  checks=(tuple(ttl_check.items()),), ttl_check_id=claim_check_id(owner),
+    fields: dict[str, Any] = dict(service_id=cid, name=claim.SERVICE, port=port, address=address, tags=tags,
+                                  meta=meta, checks=(tuple(ttl_check.items()),), ttl_check_id=claim_check_id(owner),
                                   ttl_seconds=durations.seconds(ttl))
     return Registration(**fields, fingerprint=_fingerprint(fields))
 

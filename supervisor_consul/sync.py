@@ -30,9 +30,10 @@ from .config import Configuration
 from .events import GroupsChanged, Hint, ProcessStateChange, SupervisorStateChange
 from .exit_watch import ExitWatch, ProcessExit
 from .health import ProcessStatus
-from .holder import Holder
+from .holder import Holder, Standing
 from .inbox import Batch, Inbox
 from .instance import Registration
+from .metrics import Metrics, Result
 from .plan import Actual, Deregister, Desired, Operation, Register, UpdateTTL, Written
 from .rpc import Supervisor, SupervisorError, Waker, for_configuration
 from .script_results import ScriptChecks, ScriptResult
@@ -64,8 +65,12 @@ class Sync:
                  wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  waker: Callable[[Supervisor], None] | None = None,
                  incarnation: claim.Incarnation | None = None, workers: int = sending.WORKERS,
-                 exit_watch: ExitWatch | None = None, background_pulse: bool = True) -> None:
+                 exit_watch: ExitWatch | None = None, background_pulse: bool = True,
+                 metrics: Metrics | None = None, metrics_endpoint: tuple[str, int] | None = None) -> None:
+        """`metrics`: updated as the loop goes, served or not (cli.py); `metrics_endpoint`:
+        (address, port) the claim carries, so Prometheus finds the metrics through Consul."""
         self.agent = agent
+        self.metrics = metrics or Metrics()
         self.configfile = configfile
         self.host = host
         self.inbox = inbox
@@ -98,7 +103,8 @@ class Sync:
         # The listener's parent is the supervisord it serves.
         keeper = claim.Keeper(incarnation or claim.incarnation_of(os.getppid()))
         self.holder = Holder(agent, keeper, self.conditions.report, self.conditions.clear, monotonic,
-                             background_pulse, agent_forgot=lambda: self.inbox.request_reconcile())
+                             background_pulse, agent_forgot=lambda: self.inbox.request_reconcile(),
+                             metrics_endpoint=metrics_endpoint)
         self._sender = sending.Sender(self._send, workers)
         self.scripts = ScriptChecks(inbox.post)
         self.restarts = Restarts()
@@ -155,15 +161,30 @@ class Sync:
             # Send what the events said before the reads: a busy supervisord (a burst) takes seconds to
             # answer getAllProcessInfo, and the instances it already told us of need not wait for that.
             self.converge()
+        started = self._monotonic()
         reconciled = reconcile_due and self.reconcile()
         news = bool(batch.hints) or batch.reconcile or batch.retry_refused or token_changed
         applied = self.converge(fresh=reconciled, news=news)
+        self._measure(started if reconciled else None)
         if reconciled:
             log.debug("reconcile done: %d instances owned in the agent, %d operations applied",
                       len(self.actual or {}), applied)
             if self._failed_rounds:
                 self._failed_rounds = 0
                 self.conditions.clear("round", "the sync loop reconciled again after the unexpected error")
+
+    def _measure(self, reconcile_started: float | None) -> None:
+        """The round's end, for the metrics: a few assignments, nothing that waits."""
+        if reconcile_started is not None:
+            self.metrics.reconciled(self._monotonic() - reconcile_started)
+        if self.actual is None:
+            return  # unknown: the last count stands, and agent_reachable says why
+        self.metrics.owned(len(self.actual))
+        now = self._monotonic()
+        # A refused operation waits for its retry; one whose instance is gone meanwhile ages out.
+        if self.configuration is not None and self.holder.standing in (Standing.HELD, Standing.UNCLAIMED) \
+                and not any(at > now for at in self._retry_at.values()):
+            self.metrics.in_step(self._wall())
 
     def _round_failed(self, exc: Exception) -> None:
         """A bug met in one round: exiting would only have supervisord restart us into
@@ -449,6 +470,7 @@ class Sync:
             self._agent_failed(exc)
             return False
         self.actual = {sid: self._keep_heartbeat_time(have) for sid, have in fresh.items()}
+        self.metrics.agent_reachable(True)
         self.conditions.clear(acl_token.CONDITION, "the Consul agent accepts the token again")
         self.conditions.clear("agent", f"Consul agent at {self.agent.endpoint} answers again; reconciled")
         self._backoff = BACKOFF_FIRST
@@ -512,6 +534,7 @@ class Sync:
                 self._record(operation, now)
                 applied += 1
             elif failure.unreachable:
+                self.metrics.operation(operation, Result.UNREACHABLE)
                 self._agent_failed(failure)
                 break
             else:
@@ -628,6 +651,8 @@ class Sync:
         else:
             self.actual.pop(sid, None)
             log.info("deregistered %s", sid)
+        self.metrics.operation(operation, Result.OK)
+        self.metrics.agent_reachable(True)
         self._retry_at.pop(sid, None)
         self.conditions.clear(f"op:{sid}", f"{sid}: the agent accepts it again")
         self.conditions.clear(acl_token.CONDITION, "the Consul agent accepts the token again")
@@ -635,13 +660,16 @@ class Sync:
     def _operation_failed(self, operation: Operation, exc: ConsulError) -> None:
         """One instance refused: the others go on; this one is retried later."""
         sid = operation.service_id
+        self.metrics.agent_reachable(True)
         if isinstance(operation, UpdateTTL) and exc.lost:
+            self.metrics.operation(operation, Result.LOST)
             # The agent lost the check (it restarted): read it afresh, quietly.
             assert self.actual is not None
             self.actual.pop(sid, None)
             self._reconcile_at = min(self._reconcile_at, self._monotonic() + BACKOFF_FIRST)
             log.debug("%s; reconciling", exc)
             return
+        self.metrics.operation(operation, Result.REFUSED)
         self._retry_at[sid] = self._monotonic() + REFUSED_RETRY
         if exc.token_unknown:
             self.conditions.report(acl_token.CONDITION, f"{exc}; retrying every {REFUSED_RETRY:g}s", once=True)
@@ -650,6 +678,7 @@ class Sync:
 
     def _agent_failed(self, exc: ConsulError) -> None:
         self.actual = None
+        self.metrics.agent_reachable(not exc.unreachable)  # a refusal of every call (the token) is an answer
         if exc.token_unknown:
             self.conditions.report(acl_token.CONDITION, str(exc), once=True)
         else:

@@ -108,13 +108,15 @@ def fetched(script: str, *args: str) -> str:
 
 
 def listener(agent: ConsulAgent, buffer_size: int = 10, priority: int = -2, log_level: str = "debug",
-             module: str = "-m supervisor_consul") -> str:
+             module: str = "-m supervisor_consul", options: str = "") -> str:
     """The [eventlistener:consul] stanza the issue asks to work (the README's), with
     supervisord's default buffer, the listener's log in %(here)s/listener.log.
-    `module`: how this Python runs the listener (a benchmark swaps in a variant)."""
+    `module`: how this Python runs the listener (a benchmark swaps in a variant);
+    `options`: more of `listen`'s options."""
+    more = f" {options}" if options else ""
     return f"""
 [eventlistener:consul]
-command={sys.executable} {module} listen -c %(here)s/supervisord.conf --http-addr {agent.http_addr} --log-level {log_level}
+command={sys.executable} {module} listen -c %(here)s/supervisord.conf --http-addr {agent.http_addr} --log-level {log_level}{more}
 events=PROCESS_STATE,PROCESS_GROUP,TICK_5
 buffer_size={buffer_size}
 priority={priority}
