@@ -105,12 +105,14 @@ def test_the_dnsmasq_snippet_is_the_tested_line():
     assert "server=/consul/" in (REPO_ROOT / "tests" / "test_dns.py").read_text()
 
 
-def test_the_prometheus_snippet_markers_are_there():
-    """The merge with etc/prometheus.yml.sample fills the block between these lines."""
+def test_the_prometheus_snippet_is_the_tested_sample():
+    """tests/test_metrics.py runs a real Prometheus on etc/prometheus.yml.sample; the doc shows that file."""
     text = OPERATIONS.read_text()
-    assert text.count("<!-- snippet: etc/prometheus.yml.sample -->") == 1
-    assert text.count("<!-- /snippet -->") == 1
-    assert text.index("<!-- snippet: etc/prometheus.yml.sample -->") < text.index("<!-- /snippet -->")
+    begin, end = "<!-- snippet: etc/prometheus.yml.sample -->\n", "<!-- /snippet -->"
+    assert text.count(begin) == 1 and text.count(end) == 1
+    block = text.partition(begin)[2].partition(end)[0]
+    sample = (REPO_ROOT / "etc" / "prometheus.yml.sample").read_text()
+    assert block == f"```yaml\n{sample}```\n", "docs/operations.md's Prometheus block drifted from the sample"
 
 
 def test_the_reliability_table_has_its_markers():
