@@ -337,7 +337,7 @@ def test_check_command_reports_every_problem(tmp_path, capsys):
 
 def test_check_command_unreadable(tmp_path, capsys):
     path = write(tmp_path, "garbage line\n" + program("web"))
-    assert cli.main(["check", "-c", path]) == 1
+    assert cli.main(["check", "-c", path]) == 2  # nothing could be checked
     assert "cannot read" in capsys.readouterr().out
 
 

@@ -256,6 +256,7 @@ def _listen(tmp_path, metrics_addr: str):
     return run_cli("listen", "-c", str(conf), "--http-addr", f"{LOOPBACK}:1", "--metrics-addr", metrics_addr)
 
 
+@pytest.mark.integration
 def test_the_listener_exits_2_at_start_on_a_bad_metrics_addr(tmp_path):
     result = _listen(tmp_path, "localhost")
     assert result.returncode == 2 and result.stdout == ""
@@ -263,6 +264,7 @@ def test_the_listener_exits_2_at_start_on_a_bad_metrics_addr(tmp_path):
     assert "--metrics-addr 'localhost': expected HOST:PORT" in line
 
 
+@pytest.mark.integration
 def test_the_listener_exits_2_at_start_when_the_port_is_taken(tmp_path):
     with socket.socket() as taken:
         taken.bind((LOOPBACK, 0))
