@@ -218,18 +218,25 @@ class Sync:
         now = self._wall()
         for death in deaths:
             status, spec = self.statuses[death.namespec], self.configuration.process(death.namespec)
-            if death.waitstatus is not None:
+            # A signal may be supervisord's own stop whose STOPPING event is still on its way: a
+            # note written for it now would stay in the catalog (a new note with the same status
+            # is synced only every few minutes), so supervisord is asked first.
+            signalled = death.waitstatus is not None and os.WIFSIGNALED(death.waitstatus)
+            if death.waitstatus is not None and not signalled:
                 exitstatus: int | None = health.exitstatus_of(death.waitstatus)
             elif health.flapping(status, now):
                 # Asking would wake supervisord, which would only respawn it sooner; its EXITED tells.
-                exitstatus = None
-            else:  # supervisord reaped it first: it knows how it ended (unless it has respawned it already)
+                exitstatus = health.exitstatus_of(death.waitstatus) if death.waitstatus is not None else None
+            else:
                 info = self._info_of(death.namespec)
                 if info is not None and info.get("statename") in ("STOPPING", "STOPPED"):
                     self.statuses[death.namespec] = health.from_info(status, info, spec)
                     continue
-                reaped = info is not None and info.get("statename") == "EXITED"
-                exitstatus = info.get("exitstatus") if reaped and info else None
+                if death.waitstatus is not None:
+                    exitstatus = health.exitstatus_of(death.waitstatus)
+                else:  # supervisord reaped it first: it knows how it ended (unless it has respawned it already)
+                    reaped = info is not None and info.get("statename") == "EXITED"
+                    exitstatus = info.get("exitstatus") if reaped and info else None
             log.debug("%s: pid %d exited, seen by the exit watch", death.namespec, death.pid)
             self.statuses[death.namespec] = health.died(status, exitstatus, spec, now)
         # Not for a crash loop: waking supervisord would only make it respawn the program faster.

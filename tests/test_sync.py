@@ -807,10 +807,10 @@ def test_an_unknown_token_is_said_once_for_every_instance_and_its_end_too(caplog
 def test_a_death_seen_by_the_exit_watch_is_critical_before_supervisords_event(world):
     world.round()
     world.take_writes()
-    calls = world.supervisor.process_info_calls
     world.deliver(ProcessExit("web", 42, signal.SIGKILL))  # supervisord has not reaped it: still RUNNING
     killed = Health(CRITICAL, "EXITED unexpectedly: killed by a signal")
     assert world.take_writes() == [("update_ttl", f"{sid('web')}:process", killed)]
+    calls = world.supervisor.process_info_calls  # a signal was asked about: it might have been a stop
     assert world.supervisor.wakes == 1  # to reap it now rather than after its poll() times out
     world.supervisor.set("web", "EXITED", exitstatus=-1)
     world.deliver(ProcessStateChange("web", "EXITED", "RUNNING", 42, expected=False))
@@ -826,6 +826,15 @@ def test_a_death_supervisord_caused_is_the_stop_not_a_crash(world):
     assert world.take_writes() == [("update_ttl", f"{sid('web')}:process", stopping)]
     world.deliver(ProcessStateChange("web", "STOPPED", "STOPPING", 0))
     assert world.take_writes() == [("deregister", sid("web"))]
+
+
+def test_a_stop_whose_event_is_still_on_its_way_is_no_crash(world):
+    world.round()
+    world.take_writes()
+    world.supervisor.set("web", "STOPPING", pid=42)  # supervisord sent SIGTERM; its STOPPING event comes later
+    world.deliver(ProcessExit("web", 42, signal.SIGTERM))
+    assert world.take_writes() == [("update_ttl", f"{sid('web')}:process",
+                                    Health(CRITICAL, "STOPPING pid 42", registers=False))]
 
 
 def test_a_death_of_a_pid_already_replaced_changes_nothing(world):
