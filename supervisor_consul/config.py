@@ -211,7 +211,8 @@ def configfile_of_process(pid: int) -> str | None:
         return None
     options = ServerOptions()
     try:
-        parsed, _ = getopt.getopt(argv[index + 1:], options.short_options, options.long_options)
+        # ServerOptions keeps the short options as a list ("c:", "n", ...); getopt wants one string.
+        parsed, _ = getopt.getopt(argv[index + 1:], "".join(options.short_options), options.long_options)
     except getopt.GetoptError:
         return None
     for flag, value in parsed:

@@ -599,3 +599,20 @@ def test_a_file_included_twice_is_no_ambiguity(tmp_path):
     (tmp_path / "conf.d" / "web.conf").write_text(program("web") + "[consul:web]\nport=80\n")
     configuration = config.read(path)
     assert (configuration.problems, sorted(configuration.services)) == ((), ["web"])
+
+
+@pytest.mark.integration
+def test_the_configuration_supervisord_was_started_with_is_found_from_proc(tmp_path):
+    import subprocess
+    import sys
+    path = write(tmp_path, program("web"))
+    # A process whose command line reads as supervisord's: `python .../supervisord -n -c PATH`.
+    fake = tmp_path / "supervisord"
+    fake.write_text("import time\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, str(fake), "-n", "-c", path], cwd=str(tmp_path))
+    try:
+        from tests.harness import wait_for
+        assert wait_for(lambda: config.configfile_of_process(proc.pid), timeout=10) == path
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
