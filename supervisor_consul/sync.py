@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -220,8 +221,10 @@ class Sync:
             status, spec = self.statuses[death.namespec], self.configuration.process(death.namespec)
             # A signal may be supervisord's own stop whose STOPPING event is still on its way: a
             # note written for it now would stay in the catalog (a new note with the same status
-            # is synced only every few minutes), so supervisord is asked first.
-            signalled = death.waitstatus is not None and os.WIFSIGNALED(death.waitstatus)
+            # is synced only every few minutes), so supervisord is asked first.  Not for SIGKILL,
+            # the OOM killer's and a stop's last resort (its STOPPING came long before).
+            signalled = (death.waitstatus is not None and os.WIFSIGNALED(death.waitstatus)
+                         and os.WTERMSIG(death.waitstatus) != signal.SIGKILL)
             if death.waitstatus is not None and not signalled:
                 exitstatus: int | None = health.exitstatus_of(death.waitstatus)
             elif health.flapping(status, now):
