@@ -223,21 +223,17 @@ class Sync:
             # note written for it now would stay in the catalog (a new note with the same status
             # is synced only every few minutes), so supervisord is asked first.  Not for SIGKILL,
             # the OOM killer's and a stop's last resort (its STOPPING came long before).
-            signalled = (death.waitstatus is not None and os.WIFSIGNALED(death.waitstatus)
-                         and os.WTERMSIG(death.waitstatus) != signal.SIGKILL)
-            if death.waitstatus is not None and not signalled:
-                exitstatus: int | None = health.exitstatus_of(death.waitstatus)
-            elif health.flapping(status, now):
-                # Asking would wake supervisord, which would only respawn it sooner; its EXITED tells.
-                exitstatus = health.exitstatus_of(death.waitstatus) if death.waitstatus is not None else None
-            else:
+            waitstatus = death.waitstatus
+            exitstatus = health.exitstatus_of(waitstatus) if waitstatus is not None else None
+            maybe_stop = (waitstatus is not None and os.WIFSIGNALED(waitstatus)
+                          and os.WTERMSIG(waitstatus) != signal.SIGKILL)
+            # Not asked in a crash loop: asking wakes supervisord, which would only respawn it sooner.
+            if (waitstatus is None or maybe_stop) and not health.flapping(status, now):
                 info = self._info_of(death.namespec)
                 if info is not None and info.get("statename") in ("STOPPING", "STOPPED"):
                     self.statuses[death.namespec] = health.from_info(status, info, spec)
                     continue
-                if death.waitstatus is not None:
-                    exitstatus = health.exitstatus_of(death.waitstatus)
-                else:  # supervisord reaped it first: it knows how it ended (unless it has respawned it already)
+                if waitstatus is None:  # supervisord reaped it first: it knows how it ended (unless respawned)
                     reaped = info is not None and info.get("statename") == "EXITED"
                     exitstatus = info.get("exitstatus") if reaped and info else None
             log.debug("%s: pid %d exited, seen by the exit watch", death.namespec, death.pid)
