@@ -322,10 +322,11 @@ interval=1s
     # FATAL with on_fatal = critical stays registered, critical (BACKOFF alone never registered it).
     # Registered critical from the start, its note is an output-only change, which the agent
     # passes on to the catalog only lazily: read the note from the agent itself.
+    # An event older than the listener's first reading (BACKOFF) may show for a moment first.
     wait_for(lambda: [s for s, _ in status_of(consul_agent, doomed)] == ["critical"], message="doomed critical")
-    notes = [c["Output"] for c in consul_agent.checks().values()
-             if c["ServiceName"] == doomed and c["CheckID"].endswith(":process")]
-    assert notes == ["FATAL: supervisord gave up starting it"]
+    wait_for(lambda: [c["Output"] for c in consul_agent.checks().values()
+                      if c["ServiceName"] == doomed and c["CheckID"].endswith(":process")]
+             == ["FATAL: supervisord gave up starting it"], timeout=10, message="doomed's note says FATAL")
     # check = none: registered while RUNNING with no check of its own, only its liveness (the
     # alias of its supervisord's claim), and gone when stopped.
     [entry] = wait_for(lambda: instances(consul_agent, plain), message="plain registered")
