@@ -160,7 +160,7 @@ def test_an_instance_without_a_check_leaves_dns_when_supervisord_went_away_unsee
         owner = owner_of(sv)
         sid = instance.service_id(owner, "plain")
         assert agent.checks()[f"{sid}:supervisord"]["Status"] == "passing"
-        assert agent.dns(f"{service}.service.consul")
+        wait_for(lambda: agent.dns(f"{service}.service.consul"), timeout=10, message="plain in DNS")
 
         agent.stop()
         sv.stop()  # its listener cannot deregister anything: the agent is away
