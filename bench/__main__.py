@@ -1,6 +1,6 @@
 """`python -m bench [NAME ...]`: run the benchmarks and print one table.
 
-NAME is any of latency, crash, burst, throughput, footprint, steady (default: all).
+NAME is any of latency, crash, burst, throughput, footprint, steady, laps (default: all).
 --quick runs each with small counts (seconds, not minutes) to check the
 scripts themselves; its figures mean little.
 """
@@ -14,7 +14,7 @@ import time
 
 from bench.report import Row, dump, machine, table, write_doc
 
-ALL = ("latency", "crash", "burst", "throughput", "footprint", "steady")
+ALL = ("latency", "crash", "burst", "throughput", "footprint", "steady", "laps")
 # NAME -> (module, function) where that is not (bench.NAME, run)
 RUNNERS = {"crash": ("bench.latency", "run_crash")}
 
