@@ -200,9 +200,12 @@ def test_listener_restart_makes_no_duplicates_and_no_rewrites(consul_agent, supe
 
 def test_agent_restart_reregisters_everything(supervisord_factory, tmp_path):
     with ConsulAgent(tmp_path / "own-agent") as agent:
-        _, name = start_sleeper(agent, supervisord_factory, "survivor", "ttl=3s", numprocs=2)
-        agent.restart()  # an empty catalog, for the moment before the listener's next heartbeat
-        wait_passing(agent, name, 2, timeout=30)  # re-registered after the agent restart
+        sv, name = start_sleeper(agent, supervisord_factory, "survivor", "ttl=3s", numprocs=2)
+        wait_for(lambda: listener_log(sv).count(" registered ") >= 2, message="the registrations logged")
+        before = listener_log(sv).count(" registered ")
+        agent.restart()  # a -dev agent comes back empty; the catalog stays so only until the next heartbeat
+        wait_passing(agent, name, 2, timeout=30)
+        wait_for(lambda: listener_log(sv).count(" registered ") >= before + 2, message="both registered again")
 
 
 def test_bad_section_is_reported_and_the_rest_works(consul_agent, supervisord_factory):
