@@ -19,6 +19,7 @@ from . import (
     connect_proxy,
     draining,
     durations,
+    entry,
     instance,
     logtext,
     maintenance,
@@ -207,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(ours)
     if consuls:
         args.extra = consuls
+    if args.run is not run_listen:
+        entry.release_sigterm()
     return args.run(args)
 
 
@@ -288,6 +291,8 @@ def _connection(args: argparse.Namespace) -> Connection:
 
 def run_listen(args: argparse.Namespace) -> int:
     stdin, stdout = protocol_streams()  # first: nothing else may reach stdout
+    # A shutdown's SIGTERM before the sync loop runs waits for it (entry.py), so it still deregisters.
+    entry.hold_sigterm()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logtext.Formatter("%(asctime)s supervisor-consul %(levelname)s %(message)s"))
     logging.basicConfig(level=LOG_LEVELS[args.log_level], handlers=[handler])
@@ -331,6 +336,8 @@ def run_listen(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda *_: inbox.request_reconcile(retry_refused=True))
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        if entry.sigterm_held():
+            raise _Terminated
         listener.run()
     except _Terminated:
         log.info("SIGTERM; stopping")

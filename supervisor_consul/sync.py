@@ -309,7 +309,14 @@ class Sync:
         try:
             self._take_process_infos(self.supervisor.all_process_info())
         except SupervisorError as exc:
-            raise NotReady(f"{exc}; the listener needs supervisord's XML-RPC to see what it runs") from exc
+            if not self.supervisor.is_stopping():
+                raise NotReady(f"{exc}; the listener needs supervisord's XML-RPC to see what it runs") from exc
+            # A listener slow to start, in a supervisord that began shutting down or reloading
+            # meanwhile: its programs have stopped, and their instances are left for it to remove.
+            log.info("supervisord is stopping already: deregistering what it ran")
+            self.supervisord_stopping = True
+            self.statuses = {spec.namespec: ProcessStatus("STOPPED", since=self._wall())
+                             for spec in configuration.services.values()}
 
     def _load_configuration(self) -> None:
         """Read the configuration when its files changed (editing a [consul:*] section

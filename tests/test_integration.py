@@ -240,6 +240,23 @@ def test_supervisord_shutdown_deregisters_and_listener_stop_does_not(consul_agen
     wait_for(lambda: instances(consul_agent, name) == [], message="deregistered at supervisord shutdown")
 
 
+# A listener that takes 2 s to read supervisord at start, as a loaded host may.
+SLOW_PREPARE = ('-c "import sys, time, supervisor_consul.sync as s, supervisor_consul.cli as c; p = s.Sync.prepare; '
+                's.Sync.prepare = lambda self: (time.sleep(2), p(self))[1]; sys.exit(c.main())"')
+
+
+def test_a_shutdown_while_the_listener_starts_still_deregisters(consul_agent, supervisord_factory):
+    """supervisord calls the listener RUNNING after startsecs, ready or not: a shutdown
+    then finds it still reading supervisord, which by then refuses every call."""
+    sv, name = start_sleeper(consul_agent, supervisord_factory, "worker",
+                             stanza=listener(consul_agent, module=SLOW_PREPARE) + "startsecs=0\n")
+    assert sv.ctl("stop", "consul").returncode == 0
+    assert sv.ctl("start", "consul").returncode == 0  # at once: startsecs=0
+    sv.stop()
+    wait_for(lambda: instances(consul_agent, name) == [], message="deregistered at supervisord shutdown")
+    assert "supervisord is stopping already: deregistering what it ran" in listener_log(sv)
+
+
 def test_listener_finds_the_configuration_supervisord_runs_with(consul_agent, supervisord_factory):
     stanza = listener(consul_agent).replace(" -c %(here)s/supervisord.conf", "")
     assert " -c " not in stanza

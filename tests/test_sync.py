@@ -168,12 +168,13 @@ def service(namespec: str, **overrides) -> ServiceSpec:
 class World:
     """A Sync wired to fakes, with helpers to drive it."""
 
-    def __init__(self, *specs: ServiceSpec, claimed: bool = True) -> None:
-        self.wall = Clock(1_800_000_000.0)
-        self.monotonic = Clock(10_000.0)
-        self.agent = FakeAgent()
+    def __init__(self, *specs: ServiceSpec, claimed: bool = True, after: World | None = None) -> None:
+        """`after`: a listener that ran before this one, under the same supervisord and agent."""
+        self.wall = Clock(1_800_000_000.0) if after is None else after.wall
+        self.monotonic = Clock(10_000.0) if after is None else after.monotonic
+        self.agent = FakeAgent() if after is None else after.agent
         self.agent.refuse_claim = not claimed
-        self.supervisor = FakeSupervisor(self.wall)
+        self.supervisor = FakeSupervisor(self.wall) if after is None else after.supervisor
         self.configuration = Configuration(CONFIGFILE, services={s.namespec: s for s in specs})
         self.sync = Sync(self.agent, CONFIGFILE, HOST, Inbox(),
                          read_config=lambda path: self.configuration,
@@ -448,6 +449,16 @@ def test_supervisord_stopping_deregisters_everything_at_the_end(world):
     world.take_writes()
     world.deliver(SupervisorStateChange("STOPPING"))
     assert world.take_writes() == [("deregister", sid("web"))]
+
+
+def test_a_listener_ready_only_once_supervisord_is_stopping_still_deregisters(world):
+    world.round()
+    world.take_writes()
+    world.supervisor.down = world.supervisor.stopping = True  # getAllProcessInfo: SHUTDOWN_STATE
+    restarted = World(service("web"), after=world)
+    restarted.sync.prepare()  # comes up while supervisord is shutting down: no NotReady
+    restarted.deliver()  # SIGTERM before any event
+    assert restarted.take_writes() == [("deregister", sid("web"))]
 
 
 def test_closing_without_shutdown_leaves_instances(world):
