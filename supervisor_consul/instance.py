@@ -136,6 +136,10 @@ class Registration:
     fingerprint: str = field(default="", compare=False)
 
     @property
+    def has_sidecar(self) -> bool:
+        return any(key == "Connect" for key, _ in self.extra)
+
+    @property
     def check_ids(self) -> frozenset[str]:
         return frozenset(dict(check)["CheckID"] for check in self.checks)
 
