@@ -17,7 +17,7 @@ from supervisor_consul.health import CRITICAL, PASSING, Health
 from supervisor_consul.inbox import Inbox
 from supervisor_consul.plan import Actual
 from supervisor_consul.rpc import SupervisorError
-from supervisor_consul.spec import ServiceSpec
+from supervisor_consul.spec import Connect, ServiceSpec
 from supervisor_consul.sync import Sync
 
 CONFIGFILE = "/etc/supervisor/supervisord.conf"
@@ -922,3 +922,23 @@ def test_a_crash_loop_is_not_hurried_by_asking_supervisord_either(world):
         world.wall.advance(1)
     assert world.supervisor.process_info_calls == calls  # the last deaths, in the loop: nothing asked
     assert world.sync.statuses["web"].state == "EXITED" and world.sync.statuses["web"].exitstatus is None
+
+
+def test_registrations_with_a_sidecar_go_one_at_a_time_before_the_rest():
+    """Consul 1.8 picks each new sidecar's port among those not used yet: two sidecars
+    registered in one parallel batch both got 21000."""
+    sidecars = [service(f"s{i}", connect=Connect.SIDECAR) for i in range(3)]
+    world = World(*sidecars, service("plain1"), service("plain2"))
+    for i, spec in enumerate([*sidecars, service("plain1"), service("plain2")]):
+        world.supervisor.set(spec.namespec, "RUNNING", pid=100 + i)
+    batches: list[list[str]] = []
+    send_all = world.sync._sender.send_all
+
+    def recording(operations):
+        batches.append(sorted(op.service_id for op in operations))
+        return send_all(operations)
+    world.sync._sender.send_all = recording
+    world.round()
+    registering = [batch for batch in batches if batch]
+    assert registering[:3] == [[sid(f"s{i}")] for i in range(3)]
+    assert registering[3] == sorted([sid("plain1"), sid("plain2")])
