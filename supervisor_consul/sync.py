@@ -544,10 +544,10 @@ class Sync:
         ready = [op for op in ready if not isinstance(op, UpdateTTL)] + heartbeats
         # Consul 1.8 picks a new sidecar's port among those its sidecars do not use yet, so two
         # registered at once get the same one: those go one at a time, before the rest.
-        one_by_one = [op for op in ready if isinstance(op, Register) and op.registration.has_sidecar]
-        ready = one_by_one + [op for op in ready if op not in one_by_one]
-        failures = [self._sender.send_all([op])[0] for op in one_by_one] + \
-            self._sender.send_all(ready[len(one_by_one):])
+        alone = [op for op in ready if isinstance(op, Register) and op.registration.has_sidecar]
+        together = [op for op in ready if not (isinstance(op, Register) and op.registration.has_sidecar)]
+        ready = alone + together
+        failures = [self._sender.send_all([op])[0] for op in alone] + self._sender.send_all(together)
         for operation, failure in zip(ready, failures):
             if failure is None:
                 self._record(operation, now)
