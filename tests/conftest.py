@@ -33,12 +33,14 @@ def consul_agent(tmp_path_factory):
 
 
 @pytest.fixture
-def supervisord_factory(tmp_path):
+def supervisord_factory(tmp_path, request):
     """make(config_text, env=None, **Supervisord options) -> a started Supervisord in its own dir under tmp_path.
 
-    Every one created is cleaned up at teardown, even if the test failed.
+    Every one created is cleaned up at teardown, even if the test failed; a failed
+    test's report ends with the tail of each one's log (CI keeps no files).
     """
     created: list[Supervisord] = []
+    request.node.supervisords = created
 
     def make(config_text: str, env: dict | None = None, **options) -> Supervisord:
         sv = Supervisord(tmp_path / f"sv{len(created)}", config_text, **options)
@@ -63,10 +65,29 @@ def converged(request):
     return record
 
 
+LOG_TAIL_LINES = 80
+# supervisord's debug chatter about the event protocol itself: it would crowd out what happened.
+_PROTOCOL_NOISE = re.compile(r"DEBG 'consul' std(out|err) output:$|^b'(READY|RESULT)|DEBG consul: |"
+                             r"DEBG (event \d+ sent|rebuffering event)|^$")
+
+
+def log_tail(path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of a supervisord log (the listener's stderr is in it), without protocol chatter."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"({exc})"
+    kept = [line for line in text.splitlines() if not _PROTOCOL_NOISE.search(line)]
+    return "\n".join(kept[-lines:])
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for sv in getattr(item, "supervisords", ()):
+            report.sections.append((f"{sv.logfile} (last {LOG_TAIL_LINES} lines)", log_tail(sv.logfile)))
     marker = item.get_closest_marker("fault")
     if marker is None or not (report.when == "call" or (report.when == "setup" and not report.passed)):
         return

@@ -235,13 +235,18 @@ def test_supervisord_shutdown_deregisters_and_listener_stop_does_not(consul_agen
     # Stopping only the listener leaves the programs running: their instances stay.
     assert sv.ctl("stop", "consul").returncode == 0
     assert [s for s, _ in status_of(consul_agent, name)] == ["passing"]
+    before = len(listener_log(sv))
     assert sv.ctl("start", "consul").returncode == 0
+    # RUNNING comes after startsecs, ready or not; a shutdown while it starts is the next test's.
+    wait_for(lambda: "reconcile done" in listener_log(sv)[before:], message="the new listener's first reconcile")
     sv.stop()
     wait_for(lambda: instances(consul_agent, name) == [], message="deregistered at supervisord shutdown")
 
 
 # A listener that takes 2 s to read supervisord at start, as a loaded host may.
-SLOW_PREPARE = ('-c "import sys, time, supervisor_consul.sync as s, supervisor_consul.cli as c; p = s.Sync.prepare; '
+# SIGTERM held before the heavy imports, as the console script's entry point holds it.
+SLOW_PREPARE = ('-c "import supervisor_consul.entry as e; e.hold_sigterm(); '
+                'import sys, time, supervisor_consul.sync as s, supervisor_consul.cli as c; p = s.Sync.prepare; '
                 's.Sync.prepare = lambda self: (time.sleep(2), p(self))[1]; sys.exit(c.main())"')
 
 
