@@ -11,7 +11,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from supervisor.options import make_namespec
 
 from . import (
     __version__,
@@ -38,7 +40,8 @@ from .protocol import protocol_streams
 from .sync import NotReady, Sync
 
 log = logging.getLogger("supervisor_consul")
-DRAIN_SECONDS = 5.0  # after EOF or SIGTERM, how long pending Consul work may take
+DEFAULT_STOPWAITSECS = 10  # supervisord's, for a listener whose own section is not found (run by hand)
+EXIT_MARGIN = 1.0  # seconds of stopwaitsecs left for exiting before supervisord's SIGKILL
 # supervisord's loglevel names beside Python's: an operator writes either.
 LOG_LEVELS = {"critical": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
               "warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG, "trace": logging.DEBUG,
@@ -343,8 +346,24 @@ def run_listen(args: argparse.Namespace) -> int:
         log.info("SIGTERM; stopping")
     finally:
         inbox.close()
-        worker.join(DRAIN_SECONDS)
+        budget, why = drain_budget(sync.configuration, os.environ)
+        worker.join(budget)
+        if worker.is_alive():
+            log.warning("stopping with Consul work unfinished after %gs (%s, less %gs to exit): what is left "
+                        "turns critical within its ttl; raise stopwaitsecs if the agent is this slow",
+                        budget, why, EXIT_MARGIN)
     return 0
+
+
+def drain_budget(configuration: config.Configuration | None, environ: Mapping[str, str]) -> tuple[float, str]:
+    """How long the work pending at SIGTERM or EOF (deregistering, at a shutdown) may
+    take, and what says so: supervisord SIGKILLs a listener stopwaitsecs after SIGTERM."""
+    group = environ.get("SUPERVISOR_GROUP_NAME", "")
+    namespec = make_namespec(group, environ.get("SUPERVISOR_PROCESS_NAME", ""))
+    seconds = configuration.listeners.get(namespec) if configuration is not None else None
+    if seconds is None:
+        return DEFAULT_STOPWAITSECS - EXIT_MARGIN, f"supervisord's default stopwaitsecs, {DEFAULT_STOPWAITSECS}"
+    return max(seconds - EXIT_MARGIN, seconds / 2), f"[eventlistener:{group}] stopwaitsecs = {seconds}"
 
 
 def _run_sync(sync: Sync) -> None:

@@ -67,7 +67,8 @@ class Configuration:
         """The paths whose stamps (stamp()) tell whether the configuration may have changed."""
         return (*self.files, *self.include_dirs)
     server_configs: tuple[dict[str, Any], ...] = ()
-    listeners: tuple[str, ...] = ()  # namespecs of the event listeners that run `supervisor-consul listen`
+    # The event listeners that run `supervisor-consul listen`: namespec -> its stopwaitsecs.
+    listeners: dict[str, int] = field(default_factory=dict)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # process group -> its processes' names
 
     def of_process(self, namespec: str) -> tuple[ServiceSpec, ...]:
@@ -141,9 +142,9 @@ def read(configfile: str) -> Configuration:
         files=files,
         include_dirs=include_dirs,
         server_configs=tuple(options.configroot.supervisord.server_configs),
-        listeners=tuple(make_namespec(group.name, process.name)
-                        for group in options.process_group_configs if isinstance(group, EventListenerPoolConfig)
-                        for process in group.process_configs if runs_listener(process.command)),
+        listeners={make_namespec(group.name, process.name): process.stopwaitsecs
+                   for group in options.process_group_configs if isinstance(group, EventListenerPoolConfig)
+                   for process in group.process_configs if runs_listener(process.command)},
         groups=_groups(running),
     )
 

@@ -132,7 +132,7 @@ def fake_run(names: list[str], comes_back: set[str], *args: str, refuse_start: s
     agent = FakeAgent(specs, comes_back)
     supervisord = FakeSupervisord(agent, names, refuse_start, never_running)
     configuration = Configuration(configfile="/etc/supervisord.conf", services={s.unit: s for s in specs},
-                                  listeners=("consul",))
+                                  listeners={"consul": 10})
     snap = Snapshot(configuration, OWNER, "node1", supervisord.all_process_info(), agent.owned(OWNER), agent,
                     supervisord)
     said: list[str] = []

@@ -11,7 +11,7 @@ import pytest
 from tests.faults import converge
 from tests.harness import ConsulAgent, listener
 from tests.secure_agent import CountingProxy
-from tests.test_integration import listener_log, unique
+from tests.test_integration import instances, listener_log, unique
 
 INSTANCES, TTL, DELAY = 200, 3, 0.020
 
@@ -20,8 +20,6 @@ INSTANCES, TTL, DELAY = 200, 3, 0.020
 def own_agent(tmp_path):
     with ConsulAgent(tmp_path / "consul") as agent:
         yield agent
-
-
 
 
 @pytest.mark.fault("22. a slow agent: 20 and 200 ms a request, 200 instances at ttl 3 s")
@@ -38,7 +36,7 @@ startsecs=1
 [consul:many]
 name={service}
 ttl={TTL}s
-""" + stanza)
+""" + stanza + "stopwaitsecs=30\n")
         converge(own_agent, sv, timeout=120)
 
         def checks() -> list[str]:  # the process-state checks and the liveness checks (aliases of the claim)
@@ -63,4 +61,14 @@ ttl={TTL}s
             figures.append(f"{delay * 1000:.0f} ms: {samples} samples, {critical} not passing, {writes} writes")
         proxy.delay = 0.0
         seconds = converge(own_agent, sv, timeout=60)
-        converged(seconds, f"5 ttl at each delay; {'; '.join(figures)} (one claim heartbeat a second for all)")
+        # A shutdown through the 200 ms agent: 200 deregistrations, 8 at a time, take longer
+        # than a fixed 5 s; the listener has its stopwaitsecs (less a second) for them.
+        proxy.delay = 0.2
+        before = len(listener_log(sv))
+        stopped = time.monotonic()
+        sv.stop()
+        took = time.monotonic() - stopped
+        log = listener_log(sv)[before:]
+        assert "unfinished" not in log and instances(own_agent, service) == [], log[-2000:]
+        converged(seconds, f"5 ttl at each delay; {'; '.join(figures)} (one claim heartbeat a second for all); "
+                           f"then a shutdown at 200 ms: all {INSTANCES} deregistered, supervisord gone in {took:.1f} s")
