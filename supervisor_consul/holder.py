@@ -100,7 +100,7 @@ class Holder:
                 return
             health = Health(PASSING, self._note(instances))
             if decision.verdict is claim.Verdict.TAKE or self._registered != self._registration.fingerprint:
-                if seen is not None:
+                if seen is not None and decision.verdict is claim.Verdict.TAKE:  # not ours re-registered
                     log.info("taking over owner id %s: %s", self.owner, decision.why)
                 # Critical first, as new instances are, so the note reaches the catalog at once; a
                 # passing claim stays passing, so no alias of it blinks.

@@ -461,6 +461,17 @@ def test_a_listener_ready_only_once_supervisord_is_stopping_still_deregisters(wo
     assert restarted.take_writes() == [("deregister", sid("web"))]
 
 
+def test_a_restarted_listener_keeps_its_supervisords_claim_without_taking_it_over(world, caplog):
+    caplog.set_level(logging.INFO, logger="supervisor_consul")
+    world.round()
+    world.take_writes()
+    restarted = World(service("web"), after=world)  # the same supervisord: the claim is its own
+    restarted.sync.prepare()
+    restarted.round()
+    assert restarted.take_writes() == []
+    assert "taking over" not in caplog.text
+
+
 def test_closing_without_shutdown_leaves_instances(world):
     world.round()
     world.take_writes()
