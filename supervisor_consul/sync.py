@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, assert_never
 
@@ -276,14 +276,18 @@ class Sync:
         """supervisord is shutting down or reloading and stops its listeners last,
         so every program has stopped by now; their last events may never reach us
         (supervisord drops listener queues at shutdown)."""
-        now = self._wall()
-        self.statuses = {namespec: ProcessStatus("STOPPED", since=now) for namespec in self.statuses}
+        self.statuses = self._stopped(self.statuses)
         self.converge()
         if self.actual == {}:  # every instance gone: the claim may go too
             try:
                 self.holder.release()
             except ConsulError as exc:
                 log.warning("%s; its TTL check expires instead", exc)
+
+    def _stopped(self, namespecs: Iterable[str]) -> dict[str, ProcessStatus]:
+        """Every one of these processes STOPPED as of now: supervisord is shutting down or reloading."""
+        now = self._wall()
+        return {namespec: ProcessStatus("STOPPED", since=now) for namespec in namespecs}
 
     def _with_exitstatus(self, namespec: str, status: ProcessStatus) -> ProcessStatus:
         # EXITED events carry no exit status (supervisor #1150); ask for it.
@@ -315,8 +319,7 @@ class Sync:
             # meanwhile: its programs have stopped, and their instances are left for it to remove.
             log.info("supervisord is stopping already: deregistering what it ran")
             self.supervisord_stopping = True
-            self.statuses = {spec.namespec: ProcessStatus("STOPPED", since=self._wall())
-                             for spec in configuration.services.values()}
+            self.statuses = self._stopped(spec.namespec for spec in configuration.services.values())
 
     def _load_configuration(self) -> None:
         """Read the configuration when its files changed (editing a [consul:*] section
@@ -544,8 +547,8 @@ class Sync:
         ready = [op for op in ready if not isinstance(op, UpdateTTL)] + heartbeats
         # Consul 1.8 picks a new sidecar's port among those its sidecars do not use yet, so two
         # registered at once get the same one: those go one at a time, before the rest.
-        alone = [op for op in ready if isinstance(op, Register) and op.registration.has_sidecar]
-        together = [op for op in ready if not (isinstance(op, Register) and op.registration.has_sidecar)]
+        alone = [op for op in ready if _registers_sidecar(op)]
+        together = [op for op in ready if not _registers_sidecar(op)]
         ready = alone + together
         failures = [self._sender.send_all([op])[0] for op in alone] + self._sender.send_all(together)
         for operation, failure in zip(ready, failures):
@@ -716,3 +719,7 @@ def _claim_deregister_after(configuration: Configuration) -> str | None:
     if len(known) < len(limits):
         return None
     return f"{int(max(known, default=0) + CLAIM_REAPED_AFTER_INSTANCES)}s"
+
+
+def _registers_sidecar(operation: Operation) -> bool:
+    return isinstance(operation, Register) and operation.registration.has_sidecar
