@@ -349,9 +349,8 @@ def run_listen(args: argparse.Namespace) -> int:
         budget, why = drain_budget(sync.configuration, os.environ)
         worker.join(budget)
         if worker.is_alive():
-            log.warning("stopping with Consul work unfinished after %gs (%s, less %gs to exit): what is left "
-                        "turns critical within its ttl; raise stopwaitsecs if the agent is this slow",
-                        budget, why, EXIT_MARGIN)
+            log.warning("stopping with Consul work unfinished after %gs (%s): what is left turns critical "
+                        "within its ttl; raise stopwaitsecs if the agent is this slow", budget, why)
     return 0
 
 
